@@ -1,0 +1,65 @@
+"""The Secondary Capture shows the image as a viewer would, with the findings burned in."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dicom_node.results.common import display_pixels, source_header
+from dicom_node.results.overlay import BOX_COLOR, build_overlay
+
+from .support import MODEL, NODE, built, load, source_names
+
+
+@source_names
+def test_overlay_is_derived_from_its_source(name: str) -> None:
+    source, _, results = built(name)
+    sc = results["sc"]
+    assert sc.StudyInstanceUID == source.StudyInstanceUID
+    assert sc.SeriesInstanceUID != source.SeriesInstanceUID
+    [reference] = sc.SourceImageSequence
+    assert reference.ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert reference.ReferencedSOPClassUID == source.SOPClassUID
+    assert sc.BurnedInAnnotation == "YES"
+    assert (sc.Rows, sc.Columns) == (source.Rows, source.Columns)
+    assert sc.PhotometricInterpretation == "RGB"
+    assert "DERIVED" in sc.ImageType
+
+
+def test_boxes_are_drawn_in_colour_on_the_displayed_image() -> None:
+    _, detections, results = built("rsna-00436515")
+    pixels = results["sc"].pixel_array
+    x0, y0, x1, y1 = (int(v) for v in detections[0].box)
+    edge = pixels[(y0 + y1) // 2, x0]  # middle of the box's left edge
+    assert tuple(edge) == BOX_COLOR
+    centre = pixels[(y0 + y1) // 2, (x0 + x1) // 2]
+    assert centre[0] == centre[1] == centre[2]  # the radiograph stays grey inside
+
+
+def test_banner_and_negative_text_are_burned_in() -> None:
+    source, _, results = built("rsna-0004cfab")
+    pixels = results["sc"].pixel_array.astype(int)
+    banner = pixels[: source.Rows // 40]
+    assert (banner == 255).all(axis=2).any()  # white text
+    assert (banner == 0).all(axis=2).mean() > 0.5  # on black
+    # the image below is the source as displayed (RSNA: 8 bit, no VOI, MONOCHROME2)
+    displayed = display_pixels(source, source_header(source))
+    assert np.array_equal(pixels[-10:, :, 0], displayed[-10:])
+
+
+def test_lossy_source_stays_lossy() -> None:
+    _, _, results = built("rsna-00436515")
+    assert results["sc"].LossyImageCompression == "01"
+    assert results["sc"].LossyImageCompressionMethod == "ISO_10918_1"
+
+
+def test_monochrome1_source_is_inverted_for_display() -> None:
+    source, detections = load("dx-mono1-16bit")
+    header = source_header(source)
+    displayed = display_pixels(source, header)
+    raw = source.pixel_array
+    # MONOCHROME1: the highest value is the darkest
+    assert displayed[np.unravel_index(raw.argmax(), raw.shape)] < displayed[np.unravel_index(
+        raw.argmin(), raw.shape)]
+    sc = build_overlay(source, detections, MODEL, NODE)
+    assert sc.PatientOrientation == ["R", "F"]
+    assert "PixelSpacing" not in sc  # source has Imager Pixel Spacing only
