@@ -54,7 +54,11 @@ class _NoQuotedValues(logging.Filter):
 
 def no_patient_data_in_logs(builder: _F) -> _F:
     """Run a builder with pydicom's and highdicom's value-quoting warnings and log records
-    suppressed: they would copy a source's (patient's) values into the node's logs."""
+    suppressed: they would copy a source's (patient's) values into the node's logs.
+
+    ``warnings.catch_warnings`` is process-wide: builders running in parallel threads may see
+    each other's filters, which only ever suppress more.
+    """
 
     @functools.wraps(builder)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -96,7 +100,7 @@ BANNER_TEXT = "AI RESULT \u2014 NOT FOR PRIMARY DIAGNOSIS"
 
 #: Finding type: DICOM's own chest CAD vocabulary, CID 6101 "Chest Finding or Feature".
 OPACITY = Code("112033", "DCM", "Abnormal opacity")
-#: Finding category, CID 7150 (as highdicom and OHIF use it for findings).
+#: Finding category, CID 7150 "Segmentation Property Categories", as highdicom uses it.
 MORPHOLOGICALLY_ABNORMAL = Code("49755003", "SCT", "Morphologically Abnormal Structure")
 LUNG = Code("39607008", "SCT", "Lung")
 RIGHT = Code("24028007", "SCT", "Right")
@@ -104,7 +108,7 @@ LEFT = Code("7771000", "SCT", "Left")
 #: Values of the qualitative evaluation "Abnormal opacity", CID 240 "Present/Absent".
 PRESENT = Code("52101004", "SCT", "Present")
 ABSENT = Code("272519000", "SCT", "Absent")
-#: Score of a finding, as the CAD templates name it (TID 4006/4015: "Certainty of Finding").
+#: Score of a finding: the concept DICOM's CAD SR templates use for a detector's confidence.
 CERTAINTY_OF_FINDING = Code("111012", "DCM", "Certainty of Finding")
 PROBABILITY = Code("{probability}", "UCUM", "Probability")
 #: Procedure reported in TID 1500.
@@ -114,12 +118,15 @@ PROCESSING_ALGORITHM = Code("1630", "99IHE", "Processing Algorithm")
 #: Purpose of Reference of the source in the SC's Source Image Sequence (CID 7202).
 SOURCE_FOR_PROCESSING = Code("121322", "DCM", "Source image for image processing operation")
 
-#: The 99IHE scheme is not in PS3.16 Table 8-1, so objects that use it identify it (PS3.3 C.12.1).
-IHE_CODING_SCHEME = CodingSchemeIdentificationItem(
-    designator="99IHE",
-    name="IHE Radiology Technical Framework codes",
-    responsible_organization="IHE International",
-)
+
+
+def ihe_coding_scheme() -> CodingSchemeIdentificationItem:
+    """The 99IHE scheme is not in PS3.16 Table 8-1, so objects using it identify it (PS3.3 C.12.1)."""
+    return CodingSchemeIdentificationItem(
+        designator="99IHE",
+        name="IHE Radiology Technical Framework codes",
+        responsible_organization="IHE International",
+    )
 
 
 def _package_version() -> str:

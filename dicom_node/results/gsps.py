@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import highdicom as hd
+import numpy as np
 from pydicom.dataset import Dataset
 
 from models.detection import Detection, ModelInfo
 
 from .common import (
     DEFAULT_SERIES_NUMBERS,
-    IHE_CODING_SCHEME,
     NO_FINDING_TEXT,
     SERIES_DESCRIPTIONS,
     NodeIdentity,
@@ -31,6 +31,7 @@ from .common import (
     fresh_uid,
     general_equipment,
     has_voi,
+    ihe_coding_scheme,
     modality_pixels,
     no_patient_data_in_logs,
     score_text,
@@ -103,12 +104,38 @@ def _annotation(header: Dataset, detections: Sequence[Detection],
     )
 
 
-def _voi(source: Dataset, header: Dataset) -> list[hd.pr.SoftcopyVOILUTTransformation] | None:
-    """Softcopy VOI LUT (PS3.3 C.11.8): None lets highdicom copy the source's window or VOI LUT.
+def _softcopy_lut(item: Dataset) -> hd.VOILUT:
+    """A source VOI LUT item for the Softcopy VOI LUT module, where entries have 8 or 16 bits
+    (PS3.3 C.11.8): a 9 to 15-bit table is rescaled to 16 bits so that it looks the same."""
+    entries, first_mapped, bits = (int(v) for v in item.LUTDescriptor)
+    entries = entries or 65536
+    raw = item.LUTData
+    if isinstance(raw, bytes):
+        data = np.frombuffer(raw, dtype=np.uint16 if len(raw) >= 2 * entries else np.uint8)
+    else:
+        data = np.asarray(raw)
+    data = data[:entries].astype(np.float64)
+    if bits == 8:
+        table = data.astype(np.uint8)
+    else:
+        table = np.round(data * (65535.0 / (2**bits - 1))).astype(np.uint16)
+    return hd.VOILUT(first_mapped_value=first_mapped, lut_data=table,
+                     lut_explanation=item.get("LUTExplanation"))
 
-    A source of more than 8 bits without any VOI gets a window over its full range, as viewers
-    show such an image; otherwise the presentation state's identity VOI would show it dark.
+
+def _voi(source: Dataset, header: Dataset) -> list[hd.pr.SoftcopyVOILUTTransformation] | None:
+    """Softcopy VOI LUT (PS3.3 C.11.8): the source's window(s) and VOI LUT.
+
+    None lets highdicom copy the source's windows. A source of more than 8 bits without any VOI
+    gets a window over its full range, as viewers show such an image; an identity VOI would show
+    it dark.
     """
+    if "VOILUTSequence" in header:
+        window: dict[str, object] = {}
+        if "WindowCenter" in header and "WindowWidth" in header:
+            window = {"window_center": header.WindowCenter, "window_width": header.WindowWidth}
+        luts = [_softcopy_lut(item) for item in header.VOILUTSequence]
+        return [hd.pr.SoftcopyVOILUTTransformation(voi_luts=luts, **window)]
     if has_voi(header) or int(header.get("BitsStored", 8)) <= 8:
         return None
     center, width = auto_window(modality_pixels(source))
@@ -175,7 +202,7 @@ def build_gsps(
         ),
         series_description=SERIES_DESCRIPTIONS["gsps"],
         contributing_equipment=[algorithm_equipment(model)],
-        coding_schemes=[IHE_CODING_SCHEME],
+        coding_schemes=[ihe_coding_scheme()],
     )
 
     # Patient, General Study, Patient Study

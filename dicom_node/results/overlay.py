@@ -23,7 +23,6 @@ from models.detection import Detection, ModelInfo
 from .common import (
     BANNER_TEXT,
     DEFAULT_SERIES_NUMBERS,
-    IHE_CODING_SCHEME,
     NO_FINDING_TEXT,
     SERIES_DESCRIPTIONS,
     SOURCE_FOR_PROCESSING,
@@ -36,6 +35,7 @@ from .common import (
     display_pixels,
     fresh_uid,
     general_equipment,
+    ihe_coding_scheme,
     no_patient_data_in_logs,
     score_text,
     series_uid,
@@ -165,7 +165,7 @@ def build_overlay(
         transfer_syntax_uid=ExplicitVRLittleEndian,
         contributing_equipment=[algorithm_equipment(model)],
         series_description=SERIES_DESCRIPTIONS["sc"],
-        coding_schemes=[IHE_CODING_SCHEME],
+        coding_schemes=[ihe_coding_scheme()],
     )
 
     # Patient, General Study, Patient Study

@@ -23,7 +23,6 @@ from .common import (
     CERTAINTY_OF_FINDING,
     CHEST_XRAY,
     DEFAULT_SERIES_NUMBERS,
-    IHE_CODING_SCHEME,
     LUNG,
     MORPHOLOGICALLY_ABNORMAL,
     OPACITY,
@@ -39,6 +38,7 @@ from .common import (
     copy_patient_study,
     fresh_uid,
     general_equipment,
+    ihe_coding_scheme,
     laterality,
     no_patient_data_in_logs,
     series_uid,
@@ -259,7 +259,7 @@ def build_sr(
         institutional_department_name=node.institutional_department_name,
         series_description=SERIES_DESCRIPTIONS["sr"],
         contributing_equipment=[algorithm_equipment(model)],
-        coding_schemes=[IHE_CODING_SCHEME],
+        coding_schemes=[ihe_coding_scheme()],
     )
 
     # Patient, General Study, Patient Study

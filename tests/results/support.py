@@ -46,6 +46,19 @@ def missing(what: str) -> None:
     pytest.skip(f"{what} is missing")
 
 
+def with_voi_lut(ds: Dataset) -> Dataset:
+    """The 12-bit source with a VOI LUT Sequence (a gamma curve) instead of a window, PA view."""
+    entries = 2 ** int(ds.BitsStored)
+    lut = Dataset()
+    lut.LUTDescriptor = [entries, 0, 12]
+    lut.LUTExplanation = "GAMMA 0.5"
+    lut.add_new(0x00283006, "US",  # LUT Data
+                (np.sqrt(np.arange(entries) / (entries - 1)) * 4095).astype(np.uint16).tolist())
+    ds.VOILUTSequence = [lut]
+    ds.ViewPosition = "PA"
+    return ds
+
+
 def rsna_files() -> list[Path]:
     return sorted((RSNA / "images").glob("*.dcm")) if RSNA else []
 
@@ -137,7 +150,7 @@ def constructed_dx(*, monochrome1: bool = True) -> Dataset:
 
 
 SOURCE_NAMES: list[str] = [f"rsna-{p.stem[:8]}" for p in rsna_files()] or ["rsna-missing"]
-SOURCE_NAMES += ["cr-agfa", "dx-mono1-16bit", "dx-lateral-novoi"]
+SOURCE_NAMES += ["cr-agfa", "dx-mono1-16bit", "dx-lateral-novoi", "dx-voilut"]
 
 
 def load(name: str) -> tuple[Dataset, list[Detection]]:
@@ -158,6 +171,10 @@ def load(name: str) -> tuple[Dataset, list[Detection]]:
         ]
     if name == "dx-lateral-novoi":
         return constructed_dx(monochrome1=False), []
+    if name == "dx-voilut":
+        return with_voi_lut(constructed_dx(monochrome1=False)), [
+            Detection(box=(20, 40, 120, 300), score=0.71)
+        ]
     raise KeyError(name)
 
 

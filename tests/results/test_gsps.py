@@ -60,3 +60,15 @@ def test_gsps_of_an_8_bit_rsna_source_keeps_identity() -> None:
     gsps = results["gsps"]
     assert "SoftcopyVOILUTSequence" not in gsps
     assert gsps.PresentationLUTShape == "IDENTITY"
+
+
+def test_gsps_carries_a_voi_lut_sequence() -> None:
+    source, _, results = built("dx-voilut")
+    [voi] = results["gsps"].SoftcopyVOILUTSequence
+    [lut] = voi.VOILUTSequence
+    # Softcopy VOI LUT entries have 8 or 16 bits: the 12-bit table is rescaled to 16 bits
+    assert list(lut.LUTDescriptor) == [4096, 0, 16]
+    data = np.frombuffer(lut.LUTData, dtype=np.uint16) if isinstance(lut.LUTData, bytes) \
+        else np.asarray(lut.LUTData)
+    source_data = np.asarray(source.VOILUTSequence[0].LUTData, dtype=float)
+    np.testing.assert_allclose(data / 65535, source_data / 4095, atol=1e-4)

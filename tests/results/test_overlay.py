@@ -63,3 +63,11 @@ def test_monochrome1_source_is_inverted_for_display() -> None:
     sc = build_overlay(source, detections, MODEL, NODE)
     assert sc.PatientOrientation == ["R", "F"]
     assert "PixelSpacing" not in sc  # source has Imager Pixel Spacing only
+
+
+def test_voi_lut_sequence_is_applied_for_display() -> None:
+    source, _ = load("dx-voilut")
+    displayed = display_pixels(source, source_header(source))
+    raw = source.pixel_array.astype(float)
+    expected = np.round(np.sqrt(raw / 4095) * 255)
+    assert np.abs(displayed - expected).max() <= 1
