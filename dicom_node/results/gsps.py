@@ -131,11 +131,14 @@ def _voi(source: Dataset, header: Dataset) -> list[hd.pr.SoftcopyVOILUTTransform
     it dark.
     """
     if "VOILUTSequence" in header:
-        window: dict[str, object] = {}
-        if "WindowCenter" in header and "WindowWidth" in header:
-            window = {"window_center": header.WindowCenter, "window_width": header.WindowWidth}
-        luts = [_softcopy_lut(item) for item in header.VOILUTSequence]
-        return [hd.pr.SoftcopyVOILUTTransformation(voi_luts=luts, **window)]
+        windowed = "WindowCenter" in header and "WindowWidth" in header
+        return [
+            hd.pr.SoftcopyVOILUTTransformation(
+                window_center=header.WindowCenter if windowed else None,
+                window_width=header.WindowWidth if windowed else None,
+                voi_luts=[_softcopy_lut(item) for item in header.VOILUTSequence],
+            )
+        ]
     if has_voi(header) or int(header.get("BitsStored", 8)) <= 8:
         return None
     center, width = auto_window(modality_pixels(source))

@@ -159,7 +159,8 @@ def build_overlay(
         sop_instance_uid=fresh_uid(),
         instance_number=instance_number,
         manufacturer=node.manufacturer,
-        pixel_spacing=(float(spacing[0]), float(spacing[1])) if spacing else None,
+        # highdicom annotates tuple[int, int] but means millimetres
+        pixel_spacing=(float(spacing[0]), float(spacing[1])) if spacing else None,  # type: ignore[arg-type]
         # highdicom insists on an orientation; it is replaced by the source's just below
         patient_orientation=("L", "F"),
         transfer_syntax_uid=ExplicitVRLittleEndian,
@@ -181,7 +182,7 @@ def build_overlay(
     sc.ConversionType = "WSD"
 
     # General Image: same pixel grid as the source, so the source's Patient Orientation (type 2)
-    sc.PatientOrientation = header.get("PatientOrientation") or ""
+    sc.add_new(0x00200020, "CS", header.get("PatientOrientation") or "")  # Patient Orientation
     sc.BurnedInAnnotation = "YES"
     sc.DerivationDescription = (
         "Source rendered for display (Modality LUT, VOI, MONOCHROME1 inverted) with AI findings "
