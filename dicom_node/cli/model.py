@@ -1,0 +1,263 @@
+"""Detector commands, mounted as ``dicom-node model``: ``train``, ``eval`` and ``info``.
+
+``eval --json`` prints exactly one JSON object (keys ``AP``, ``AP50``, ``AP75``, ``AP@0.2``, ``AP@0.4``,
+``AP@0.5``, ``AP@0.7`` as fractions, plus FROC sensitivities) on stdout; progress goes to stderr.
+Without ``--weights`` the commands use ``model.weights`` from the configuration, else the shipped
+demo model.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from dicom_node.config import Config, ConfigError, load_config
+
+app = typer.Typer(help="Train, evaluate and describe the opacity detector (Detectron2 Cascade R-CNN).")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", help="configuration file (default $DICOM_NODE_CONFIG or ./config.yaml)"),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
+WeightsOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--weights",
+        help="checkpoint (.pth, or a Detectron2 model-zoo .pkl); default: model.weights or the shipped model",
+    ),
+]
+ModelConfigOption = Annotated[
+    str | None,
+    typer.Option(
+        "--model-config",
+        help="Detectron2 config (path or name in models/configs) for checkpoints that carry none",
+    ),
+]
+PhantomsOption = Annotated[int | None, typer.Option("--phantoms", min=1, help="use N synthetic phantoms")]
+SeedOption = Annotated[int, typer.Option("--seed", help="phantom seed")]
+RsnaOption = Annotated[
+    Path | None, typer.Option("--rsna-csv", help="RSNA labels CSV (patientId,x,y,width,height,Target)")
+]
+ImagesOption = Annotated[
+    Path | None,
+    typer.Option("--images", help="folder of DICOM files named <patientId>.dcm (or COCO image root)"),
+]
+CocoOption = Annotated[
+    Path | None, typer.Option("--coco", help="COCO detection JSON; images beside it or under --images")
+]
+
+_err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(message, err=True)
+    return typer.Exit(code)
+
+
+def _settings(config: Path | None) -> Config:
+    try:
+        return load_config(config)
+    except ConfigError as exc:
+        raise _fail(str(exc), 2) from None
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _load_detector(cfg: Config, weights: Path | None, model_config: str | None) -> Any:
+    from models.detector import Detector
+
+    try:
+        return Detector.load(
+            weights=weights or cfg.model.weights,
+            device=cfg.model.device,
+            threads=cfg.model.threads,
+            score_threshold=cfg.model.score_threshold,
+            config=model_config,
+        )
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command()
+def train(
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="folder for checkpoints and summary.json")
+    ] = Path("var/train"),
+    model_config: Annotated[
+        str | None, typer.Option("--model-config", help="Detectron2 config (path or name in models/configs)")
+    ] = None,
+    phantoms: PhantomsOption = None,
+    seed: SeedOption = 0,
+    rsna_csv: RsnaOption = None,
+    images: ImagesOption = None,
+    coco: CocoOption = None,
+    iterations: Annotated[
+        int | None, typer.Option("--iterations", min=1, help="override SOLVER.MAX_ITER")
+    ] = None,
+    eval_period: Annotated[
+        int | None, typer.Option("--eval-period", min=1, help="evaluate every N iterations")
+    ] = None,
+    val_phantoms: Annotated[
+        int, typer.Option("--val-phantoms", min=0, help="phantoms for periodic evaluation")
+    ] = 40,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="continue from the last checkpoint in --output")
+    ] = False,
+    init_weights: Annotated[
+        Path | None,
+        typer.Option("--init-weights", help="start from a Detectron2 checkpoint (.pth or model-zoo .pkl)"),
+    ] = None,
+    export: Annotated[
+        Path | None,
+        typer.Option("--export", help="also write compact float16 weights here (what the node ships)"),
+    ] = None,
+    opt: Annotated[
+        list[str] | None, typer.Option("--opt", help="Detectron2 config override KEY=VALUE (repeatable)")
+    ] = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Train a detector with Detectron2's trainer; resumable, with periodic evaluation on phantoms."""
+    from models.train import TrainOptions
+    from models.train import train as run_train
+
+    cfg = _settings(config)
+    opts: list[str] = []
+    for item in opt or []:
+        if "=" not in item:
+            raise _fail(f"--opt {item!r}: expected KEY=VALUE, e.g. SOLVER.BASE_LR=0.01", 2)
+        key, value = item.split("=", 1)
+        opts += [key, value]
+    options = TrainOptions(
+        output_dir=output,
+        config=model_config,
+        phantoms=phantoms,
+        seed=seed,
+        rsna_csv=rsna_csv,
+        images=images,
+        coco_json=coco,
+        val_phantoms=val_phantoms,
+        max_iter=iterations,
+        eval_period=eval_period,
+        resume=resume,
+        init_weights=init_weights,
+        export=export,
+        threads=cfg.model.threads,
+        device=cfg.model.device,
+        score_threshold=cfg.model.score_threshold,
+        opts=opts,
+    )
+    try:
+        options.source()
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from None
+    summary = run_train(options, log=lambda line: _err.print(line, markup=False, highlight=False))
+    if as_json:
+        _print_json(summary)
+    else:
+        _err.print(
+            f"done: {summary['iterations']} iterations in {summary['train_seconds']:.0f}s"
+            f" -> {summary['checkpoint']}"
+        )
+
+
+@app.command("eval")
+def evaluate(
+    weights: WeightsOption = None,
+    model_config: ModelConfigOption = None,
+    phantoms: PhantomsOption = None,
+    seed: SeedOption = 9001,
+    size: Annotated[int, typer.Option("--size", help="phantom size in pixels")] = 1024,
+    rsna_csv: RsnaOption = None,
+    images: ImagesOption = None,
+    coco: CocoOption = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """COCO AP, AP50, AP75, AP at IoU 0.2/0.4/0.5/0.7 and FROC sensitivities of a model on labelled data."""
+    from models import datasets
+    from models.evaluate import evaluate_detector
+
+    given = [x for x in (phantoms, rsna_csv, coco) if x is not None]
+    if len(given) != 1:
+        raise _fail("give exactly one of --phantoms N, --rsna-csv CSV --images DIR, --coco JSON", 2)
+    if rsna_csv is not None and images is None:
+        raise _fail("--rsna-csv needs --images DIR", 2)
+    cfg = _settings(config)
+    det = _load_detector(cfg, weights, model_config)
+    try:
+        if phantoms is not None:
+            samples = datasets.phantom_samples(phantoms, seed, det.input_size, size=size)
+            source = f"phantoms n={phantoms} seed={seed} size={size}"
+        elif rsna_csv is not None:
+            assert images is not None
+            samples = datasets.rsna_samples(rsna_csv, images, det.input_size)
+            source = f"rsna {rsna_csv}"
+        else:
+            assert coco is not None
+            samples = datasets.coco_samples(coco, det.input_size, image_root=images)
+            source = f"coco {coco}"
+    except (FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    result = evaluate_detector(det, samples)
+    info = det.info
+    if as_json:
+        _print_json(
+            {
+                **result,
+                "model": info.name,
+                "version": info.version,
+                "device_uid": info.device_uid,
+                "data": source,
+            }
+        )
+        return
+    table = Table(title=f"{info.name} {info.version} on {source}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in result.items():
+        table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
+    Console().print(table)
+
+
+@app.command()
+def info(
+    weights: WeightsOption = None,
+    model_config: ModelConfigOption = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Which model the node would run: name, version, Device UID, classes, input size, threshold, device."""
+    cfg = _settings(config)
+    det = _load_detector(cfg, weights, model_config)
+    i = det.info
+    data = {
+        "name": i.name,
+        "version": i.version,
+        "device_uid": i.device_uid,
+        "classes": list(i.classes),
+        "input_size": i.input_size,
+        "score_threshold": i.score_threshold,
+        "device": det.device,
+        "architecture": det.cfg.MODEL.ROI_HEADS.NAME,
+        "parameters": sum(p.numel() for p in det.model.parameters()),
+        **i.extra,
+    }
+    if as_json:
+        _print_json(data)
+        return
+    table = Table(title="model")
+    table.add_column("field")
+    table.add_column("value")
+    for key, value in data.items():
+        table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
+    Console().print(table)

@@ -1,0 +1,345 @@
+"""Training with Detectron2's trainer: phantoms, an RSNA labels CSV or COCO JSON; resumable.
+
+The loop is Detectron2's ``SimpleTrainer`` with its hooks (LR schedule, periodic checkpoints,
+periodic evaluation) plus a progress display. Images are preprocessed once with the same code the
+detector runs at inference, then augmented per iteration with Detectron2's transforms. Every
+checkpoint carries its config and :class:`models.modeling.CheckpointMetadata`: model name and
+version, a new Device UID per training run (kept on ``--resume``), classes, input size, score
+threshold and the sha256 fingerprint of the training data.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode
+from detectron2.data import transforms as T
+from detectron2.engine import HookBase, SimpleTrainer, hooks
+from detectron2.solver import build_lr_scheduler, build_optimizer
+from detectron2.structures import Boxes, Instances
+from pydicom.uid import generate_uid
+
+from models import datasets
+from models.datasets import Sample
+from models.detector import Detector, pick_device
+from models.evaluate import evaluate_detector
+from models.modeling import CheckpointMetadata, build, load_config, resolve_config, save_checkpoint
+
+__all__ = ["TrainOptions", "train"]
+
+MODEL_VERSION = "1.0.0"
+
+
+@dataclass
+class TrainOptions:
+    """What to train on and how; exactly one data source must be given."""
+
+    output_dir: Path
+    config: str | Path | None = None
+    phantoms: int | None = None
+    seed: int = 0
+    rsna_csv: Path | None = None
+    images: Path | None = None
+    coco_json: Path | None = None
+    val_phantoms: int = 40
+    max_iter: int | None = None
+    eval_period: int | None = None
+    resume: bool = False
+    init_weights: Path | None = None
+    export: Path | None = None
+    threads: int | None = 2
+    device: str = "auto"
+    score_threshold: float = 0.4
+    version: str = MODEL_VERSION
+    opts: list[str] = field(default_factory=list)
+
+    def source(self) -> str:
+        given = [x for x in (self.phantoms, self.rsna_csv, self.coco_json) if x is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of --phantoms N, --rsna-csv CSV (with --images DIR), --coco JSON"
+            )
+        if self.rsna_csv is not None and self.images is None:
+            raise ValueError("--rsna-csv needs --images DIR (the DICOM folder)")
+        if self.phantoms is not None:
+            return f"phantoms n={self.phantoms} seed={self.seed}"
+        if self.rsna_csv is not None:
+            return f"rsna csv={Path(self.rsna_csv).name}"
+        return f"coco json={Path(self.coco_json or '').name}"
+
+
+def load_samples(
+    opts: TrainOptions, input_size: int, progress: Callable[[int], None] | None = None
+) -> list[Sample]:
+    """The training set, preprocessed for the model."""
+    if opts.phantoms is not None:
+        return datasets.phantom_samples(opts.phantoms, opts.seed, input_size, progress=progress)
+    if opts.rsna_csv is not None:
+        assert opts.images is not None
+        return datasets.rsna_samples(Path(opts.rsna_csv), Path(opts.images), input_size)
+    assert opts.coco_json is not None
+    return datasets.coco_samples(Path(opts.coco_json), input_size, image_root=opts.images)
+
+
+def _augmentations(size: int) -> T.AugmentationList:
+    """Light photometric and geometric jitter: exposure, contrast, mirror, small zoom and shift."""
+    return T.AugmentationList(
+        [
+            T.RandomFlip(prob=0.5, horizontal=True),
+            T.RandomApply(T.RandomExtent(scale_range=(0.9, 1.15), shift_range=(0.08, 0.08)), prob=0.5),
+            T.Resize((size, size)),
+            T.RandomBrightness(0.85, 1.15),
+            T.RandomContrast(0.8, 1.25),
+        ]
+    )
+
+
+def batches(
+    samples: list[Sample], batch_size: int, size: int, channels: int, seed: int
+) -> Iterator[list[dict[str, Any]]]:
+    """Endless shuffled batches of Detectron2 input dicts with augmented images and boxes."""
+    rng = np.random.default_rng(seed)
+    augs = _augmentations(size)
+    while True:
+        order = rng.permutation(len(samples))
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            batch = []
+            for idx in order[start : start + batch_size]:
+                s = samples[int(idx)]
+                inp = T.AugInput(s.prepared.image[:, :, None], boxes=s.boxes_model.copy())
+                augs(inp)
+                image = np.asarray(inp.image, dtype=np.float32)
+                if image.ndim == 2:
+                    image = image[:, :, None]
+                tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+                tensor = tensor.expand(channels, -1, -1).contiguous()
+                boxes = np.asarray(inp.boxes, dtype=np.float32).reshape(-1, 4)
+                boxes[:, 0::2] = boxes[:, 0::2].clip(0, size)
+                boxes[:, 1::2] = boxes[:, 1::2].clip(0, size)
+                ok = (boxes[:, 2] - boxes[:, 0] > 2) & (boxes[:, 3] - boxes[:, 1] > 2)
+                inst = Instances((size, size))
+                inst.gt_boxes = Boxes(torch.from_numpy(boxes[ok]))
+                inst.gt_classes = torch.zeros(int(ok.sum()), dtype=torch.int64)
+                batch.append({"image": tensor, "instances": inst, "height": size, "width": size})
+            yield batch
+
+
+class _MetadataCheckpointer(DetectionCheckpointer):
+    """Detectron2's checkpointer, writing our config and metadata into every checkpoint."""
+
+    def __init__(self, *args: Any, cfg: CfgNode, metadata: CheckpointMetadata, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._cfg = cfg
+        self.metadata = metadata
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        self.metadata.iterations = int(kwargs.get("iteration", self.metadata.iterations)) + 1
+        super().save(name, config=self._cfg.dump(), metadata=self.metadata.to_dict(), **kwargs)
+
+
+class _Progress(HookBase):
+    """A rich progress bar on a terminal; one log line every ``every`` iterations otherwise."""
+
+    def __init__(self, max_iter: int, log: Callable[[str], None], every: int = 20) -> None:
+        self.max_iter = max_iter
+        self.log = log
+        self.every = every
+        self._progress: Any = None
+        self._task: Any = None
+        self._t0 = time.perf_counter()
+        self._start_iter = 0
+
+    def before_train(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self._start_iter = self.trainer.iter
+        self._t0 = time.perf_counter()
+        console = Console(stderr=True)
+        if console.is_terminal:
+            self._progress = Progress(
+                TextColumn("training"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TextColumn("{task.fields[status]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=console,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(
+                "train", total=self.max_iter, completed=self.trainer.iter, status=""
+            )
+
+    def after_step(self) -> None:
+        it = self.trainer.iter + 1
+        storage = self.trainer.storage
+        loss = (
+            storage.history("total_loss").median(20) if "total_loss" in storage.histories() else float("nan")
+        )
+        lr = storage.history("lr").latest() if "lr" in storage.histories() else float("nan")
+        status = f"loss {loss:.3f} lr {lr:.4f}"
+        if self._progress is not None:
+            self._progress.update(self._task, completed=it, status=status)
+        elif it % self.every == 0 or it == self.max_iter:
+            done = it - self._start_iter
+            rate = (time.perf_counter() - self._t0) / max(done, 1)
+            eta = rate * (self.max_iter - it)
+            self.log(f"iter {it}/{self.max_iter} {status} {rate:.2f}s/it eta {eta / 60:.1f} min")
+
+    def after_train(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def _machine() -> str:
+    """What trained it, for the model card: CPU model and the threads torch used (or the GPU)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (CUDA)"
+    return f"{cpu}, {torch.get_num_threads()} threads"
+
+
+def train(opts: TrainOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train and return a summary (checkpoint paths, metadata, timings, last evaluation)."""
+    source = opts.source()
+    if opts.threads:
+        torch.set_num_threads(int(opts.threads))
+    torch.manual_seed(opts.seed)
+    cfg = load_config(opts.config, opts.opts)
+    cfg.defrost()
+    if opts.max_iter is not None:
+        cfg.SOLVER.MAX_ITER = int(opts.max_iter)
+        # Keep the schedule's shape: LR drops at the same fractions of the run.
+        steps = {int(opts.max_iter * f) for f in (0.78, 0.94)}
+        cfg.SOLVER.STEPS = tuple(sorted(s for s in steps if 0 < s < opts.max_iter))
+        cfg.SOLVER.WARMUP_ITERS = min(cfg.SOLVER.WARMUP_ITERS, max(1, opts.max_iter // 8))
+    if opts.eval_period is not None:
+        cfg.TEST.EVAL_PERIOD = int(opts.eval_period)
+    cfg.OUTPUT_DIR = str(opts.output_dir)
+    device = pick_device(opts.device)
+    cfg.MODEL.DEVICE = device
+    cfg.freeze()
+    size = int(cfg.INPUT.MIN_SIZE_TEST)
+    channels = len(cfg.MODEL.PIXEL_MEAN)
+    out_dir = Path(opts.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    t0 = time.perf_counter()
+    log(f"preparing training data: {source}")
+    samples = load_samples(opts, size)
+    fp = datasets.fingerprint(samples)
+    val = (
+        datasets.phantom_samples(opts.val_phantoms, opts.seed + 1_000_003, size) if opts.val_phantoms else []
+    )
+    log(
+        f"{len(samples)} training images, {sum(len(s.boxes_source) for s in samples)} boxes, "
+        f"fingerprint {fp[:16]}, prepared in {time.perf_counter() - t0:.0f}s"
+    )
+
+    model = build(cfg, device)
+    model.train()
+    optimizer = build_optimizer(cfg, model)
+    loader = batches(samples, cfg.SOLVER.IMS_PER_BATCH, size, channels, opts.seed)
+    trainer = SimpleTrainer(model, loader, optimizer)
+    scheduler = build_lr_scheduler(cfg, optimizer)
+    metadata = CheckpointMetadata(
+        version=opts.version,
+        device_uid=generate_uid(),
+        input_size=size,
+        score_threshold=opts.score_threshold,
+        data_fingerprint=fp,
+        config_name=resolve_config(opts.config).stem,
+        trained_on=source,
+    )
+    checkpointer = _MetadataCheckpointer(
+        model, str(out_dir), cfg=cfg, metadata=metadata, optimizer=optimizer, scheduler=scheduler
+    )
+    start_iter = 0
+    if opts.resume and checkpointer.has_checkpoint():
+        ckpt = checkpointer.resume_or_load("", resume=True)
+        start_iter = int(ckpt.get("iteration", -1)) + 1
+        if isinstance(ckpt.get("metadata"), dict):
+            old = CheckpointMetadata.from_dict(ckpt["metadata"])
+            if old.data_fingerprint and old.data_fingerprint != fp:
+                raise ValueError("--resume: the training data differs from the checkpoint's (fingerprint)")
+            checkpointer.metadata.device_uid = old.device_uid  # the same training run
+        log(f"resuming at iteration {start_iter}")
+    elif opts.init_weights is not None:
+        checkpointer.resume_or_load(str(opts.init_weights), resume=False)
+        checkpointer.metadata.extra["init_weights"] = Path(opts.init_weights).name
+        log(f"initialised from {opts.init_weights}")
+
+    evaluations: list[dict[str, Any]] = []
+
+    def run_eval() -> dict[str, float]:
+        if not val:
+            return {}
+        model.eval()
+        det = Detector(model, cfg, checkpointer.metadata, device, opts.score_threshold)
+        res = evaluate_detector(det, val)
+        model.train()
+        res_it = {"iteration": trainer.iter + 1, **res}
+        evaluations.append(res_it)
+        log(
+            f"eval @ {trainer.iter + 1}: AP50 {res['AP50']:.3f} AP {res['AP']:.3f} AP@0.7 {res['AP@0.7']:.3f}"
+        )
+        return {f"val/{k}": float(v) for k, v in res.items()}
+
+    max_iter = int(cfg.SOLVER.MAX_ITER)
+    trainer.register_hooks(
+        [
+            hooks.IterationTimer(),
+            hooks.LRScheduler(optimizer=optimizer, scheduler=scheduler),
+            hooks.PeriodicCheckpointer(
+                checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, max_iter=max_iter, max_to_keep=2
+            ),
+            hooks.EvalHook(cfg.TEST.EVAL_PERIOD, run_eval),
+            _Progress(max_iter, log),
+        ]
+    )
+    t_train = time.perf_counter()
+    if start_iter < max_iter:
+        trainer.train(start_iter, max_iter)
+    train_s = time.perf_counter() - t_train
+
+    final = out_dir / "model_final.pth"
+    meta = checkpointer.metadata
+    meta.iterations = max_iter
+    meta.extra["machine"] = _machine()
+    meta.extra["train_seconds_this_run"] = f"{train_s:.0f}"
+    save_checkpoint(final, model, cfg, meta)
+    exported = None
+    if opts.export is not None:
+        exported = save_checkpoint(Path(opts.export), model, cfg, meta, half=True)
+    summary = {
+        "config": meta.config_name,
+        "source": source,
+        "images": len(samples),
+        "iterations": max_iter,
+        "started_at_iteration": start_iter,
+        "train_seconds": round(train_s, 1),
+        "total_seconds": round(time.perf_counter() - t0, 1),
+        "checkpoint": str(final),
+        "exported": str(exported) if exported else None,
+        "metadata": meta.to_dict(),
+        "evaluations": evaluations,
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
