@@ -1,0 +1,190 @@
+"""The ``dicom-node`` command: a thin layer over the library (serve, echo, send, status, …).
+
+Every command takes ``--config PATH`` (else ``$DICOM_NODE_CONFIG``, else ./config.yaml), and the ones
+that print results take ``--json``. A bad config or argument prints one line and exits with 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from dicom_node.config import Config, ConfigError, load_config
+
+app = typer.Typer(
+    name="dicom-node",
+    help="A DICOM node that receives chest radiographs, detects lung opacities and returns results to PACS.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="config file (default: $DICOM_NODE_CONFIG, else ./config.yaml)",
+                 show_default=False),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document instead of a table")]
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print one line to stderr and return the Exit to raise."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def get_config(path: Path | None) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    port: Annotated[int | None, typer.Option(help="override node.port")] = None,
+    storage: Annotated[Path | None, typer.Option(help="override storage.dir")] = None,
+) -> None:
+    """Run the node: DICOM receiver, workers and schedules, until SIGTERM or Ctrl-C."""
+    from dicom_node.logs import setup_logging
+    from dicom_node.node import Node
+
+    cfg = get_config(config)
+    if port is not None:
+        cfg.node.port = port
+    if storage is not None:
+        cfg.storage.dir = storage
+    setup_logging(cfg.logging.level, cfg.log_dir, max_mb=cfg.logging.max_mb, backups=cfg.logging.backups)
+    try:
+        node = Node(cfg)
+    except OSError as exc:
+        raise fail(f"cannot start: {exc}") from None
+    try:
+        node.serve()
+    except OSError as exc:
+        raise fail(f"cannot listen on {cfg.node.host}:{cfg.node.port}: {exc.strerror}") from None
+
+
+@app.command()
+def echo(
+    address: Annotated[str, typer.Argument(help="the peer, as AE@HOST:PORT")],
+    config: ConfigOpt = None,
+    calling_ae: Annotated[str | None, typer.Option("--aet", help="our AE title (default node.ae_title)")] = None,
+    timeout: Annotated[float, typer.Option(help="seconds to wait")] = 10.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """C-ECHO a peer: is it there, and does it accept us?"""
+    from dicom_node.scu import echo as do_echo
+    from dicom_node.scu import parse_address
+
+    cfg = get_config(config)
+    try:
+        peer = parse_address(address)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    res = do_echo(peer, calling_ae=calling_ae or cfg.node.ae_title, timeout_s=timeout)
+    if as_json:
+        print_json({"peer": str(peer), "ok": res.ok, "status": res.status, "ms": round(res.ms, 1),
+                    "error": res.error})
+    elif res.ok:
+        console.print(f"[green]✓[/] {peer} answered C-ECHO in {res.ms:.0f} ms")
+    else:
+        err.print(f"[red]✗[/] {peer}: {res.error}")
+    raise typer.Exit(0 if res.ok else 1)
+
+
+@app.command()
+def send(
+    address: Annotated[str, typer.Argument(help="the peer, as AE@HOST:PORT")],
+    paths: Annotated[list[Path], typer.Argument(help="DICOM files or folders (searched recursively)")],
+    config: ConfigOpt = None,
+    calling_ae: Annotated[str | None, typer.Option("--aet", help="our AE title (default node.ae_title)")] = None,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for each response")] = 30.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """C-STORE files to a peer over one association, as they are (no re-encoding)."""
+    from dicom_node.scu import iter_dicom_files, parse_address, send_files
+
+    cfg = get_config(config)
+    try:
+        peer = parse_address(address)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise fail(f"no such file or folder: {missing[0]}")
+    total = sum(1 for _ in iter_dicom_files(paths))
+    with Progress(TextColumn("[bold]sending[/]"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err, disable=as_json or not err.is_terminal) as bar:
+        task = bar.add_task("send", total=total)
+        report = send_files(peer, paths, calling_ae=calling_ae or cfg.node.ae_title, timeout_s=timeout,
+                            progress=lambda _label, _status: bar.advance(task))
+    if as_json:
+        print_json({"peer": str(peer), "sent": report.sent, "failed": [dict(file=f, error=e) for f, e in report.failed],
+                    "skipped": [dict(file=f, reason=r) for f, r in report.skipped],
+                    "seconds": round(report.seconds, 3)})
+    else:
+        for f, e in report.failed:
+            err.print(f"[red]✗[/] {f}: {e}")
+        for f, r in report.skipped:
+            err.print(f"[yellow]-[/] {f}: {r}")
+        console.print(f"sent {report.sent} of {total} to {peer} in {report.seconds:.1f} s"
+                      + (f", {len(report.failed)} failed" if report.failed else ""))
+    raise typer.Exit(0 if not report.failed else 1)
+
+
+@app.command()
+def status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Instances stored and jobs by state (works while the node serves)."""
+    from dicom_node.status import node_status
+
+    cfg = get_config(config)
+    data = node_status(cfg)
+    if as_json:
+        print_json(data)
+        return
+    console.print(f"[bold]{cfg.node.ae_title}[/] on port {cfg.node.port} · storage {cfg.storage.dir}")
+    console.print(f"instances stored: [bold]{data['instances']}[/] ({data['bytes'] / 2**20:.1f} MiB)")
+    table = Table("jobs", *data["jobs"].keys())
+    for kind, counts in sorted(data["jobs_by_kind"].items()):
+        table.add_row(kind, *(str(counts[s]) for s in data["jobs"]))
+    table.add_row("[bold]all[/]", *(f"[bold]{n}[/]" for n in data["jobs"].values()))
+    console.print(table)
+    if data.get("destinations"):
+        dt = Table("destination", "address", "last echo", "last delivery")
+        for d in data["destinations"]:
+            dt.add_row(d["name"], d["address"], _when(d["last_echo_at"], d["last_echo_ok"]),
+                       _when(d["last_delivery_at"], d["last_delivery_ok"]))
+        console.print(dt)
+
+
+def _when(at: float | None, ok: int | None) -> str:
+    if at is None:
+        return "-"
+    import datetime as dt
+
+    stamp = dt.datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M:%S")
+    return f"[green]ok[/] {stamp}" if ok else f"[red]failed[/] {stamp}"
+
+
+def main() -> None:
+    """Console entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""What happens to one received instance, from bytes to a durable file and a queued job.
+
+The receiver (:mod:`dicom_node.scp`) calls :func:`Ingest.receive` with the encoded data set and the
+request's identifiers and returns the status this function picks. The order is what makes the
+node lose nothing: check → write a temporary file and fsync → link into place → commit the instance
+row and its analysis job in one transaction → only then Success. Anything that fails before the
+commit leaves no file behind and returns a failure status, so the sender keeps its copy.
+
+C-STORE statuses (PS3.4 Annex B.2.3 and PS3.7 Annex C):
+0x0000 Success · 0xA700 Refused: out of resources · 0xA900 Error: data set does not match SOP
+class · 0xC210 Error: cannot understand.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import DeflatedExplicitVRLittleEndian, UID
+
+from dicom_node.spool import Spool, is_valid_uid
+from dicom_node.store import InstanceRow, Store
+
+log = logging.getLogger("dicom_node.ingest")
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DOES_NOT_MATCH_SOP_CLASS = 0xA900
+CANNOT_UNDERSTAND = 0xC210
+
+# Image pixel attributes every image SOP class we accept requires (PS3.3 C.7.6.3, Type 1).
+_PIXEL_MODULE = ("Rows", "Columns", "BitsAllocated", "SamplesPerPixel", "PhotometricInterpretation")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The status to send back, and a reason for the log (UIDs and codes only)."""
+
+    status: int
+    reason: str
+    stored: bool = False
+    duplicate: bool = False
+
+
+class RejectInstance(Exception):
+    """A check failed: carries the DIMSE status to return."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def parse_dataset(stream: io.BytesIO | bytes, transfer_syntax: str) -> Dataset:
+    """Decode a C-STORE data set as sent (no File Meta) in the negotiated transfer syntax (PS3.5 §10)."""
+    data = stream.getvalue() if isinstance(stream, io.BytesIO) else stream
+    ts = UID(transfer_syntax)
+    try:
+        if ts == DeflatedExplicitVRLittleEndian:
+            data = zlib.decompress(data, -zlib.MAX_WBITS)
+        ds = read_dataset(io.BytesIO(data), ts.is_implicit_VR, ts.is_little_endian)
+        # Walk every element once so a malformed value raises here, not later in the worker.
+        for _elem in ds.iterall():
+            pass
+    except (InvalidDicomError, ValueError, KeyError, EOFError, OverflowError, NotImplementedError,
+            zlib.error, TypeError, AttributeError, IndexError) as exc:
+        raise RejectInstance(CANNOT_UNDERSTAND, f"data set cannot be parsed: {type(exc).__name__}") from exc
+    if len(ds) == 0:
+        raise RejectInstance(CANNOT_UNDERSTAND, "data set is empty")
+    return ds
+
+
+def check_dataset(ds: Dataset, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> None:
+    """Raise :class:`RejectInstance` unless the data set is a complete instance of its SOP class."""
+    ds_class = str(ds.get("SOPClassUID", ""))
+    ds_inst = str(ds.get("SOPInstanceUID", ""))
+    if ds_class != sop_class_uid:
+        raise RejectInstance(DOES_NOT_MATCH_SOP_CLASS, "SOP Class UID differs from the negotiated class")
+    if ds_inst != sop_instance_uid:
+        raise RejectInstance(DOES_NOT_MATCH_SOP_CLASS, "SOP Instance UID differs from the request")
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
+        if not is_valid_uid(str(ds.get(keyword, ""))):
+            raise RejectInstance(DOES_NOT_MATCH_SOP_CLASS, f"{keyword} is missing or not a valid UID")
+    missing = [k for k in _PIXEL_MODULE if ds.get(k) in (None, "")]
+    if missing:
+        raise RejectInstance(DOES_NOT_MATCH_SOP_CLASS, f"Image Pixel module lacks {missing[0]}")
+    if "PixelData" not in ds:
+        raise RejectInstance(DOES_NOT_MATCH_SOP_CLASS, "Pixel Data is missing")
+    _check_pixel_length(ds, transfer_syntax)
+
+
+def _check_pixel_length(ds: Dataset, transfer_syntax: str) -> None:
+    """Declared size against the data present: native data must hold every pixel (PS3.5 §8.1.1);
+    encapsulated data must hold at least one non-empty fragment and end with its delimiter (§A.4)."""
+    elem = ds["PixelData"]
+    value = elem.value if elem.value is not None else b""
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        bits, spp = int(ds.BitsAllocated), int(ds.SamplesPerPixel)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError) as exc:
+        raise RejectInstance(DOES_NOT_MATCH_SOP_CLASS, "Image Pixel module has a non-numeric size") from exc
+    if min(rows, cols, bits, spp, frames) <= 0:
+        raise RejectInstance(DOES_NOT_MATCH_SOP_CLASS, "Image Pixel module declares a zero size")
+    if UID(transfer_syntax).is_compressed:
+        if not getattr(elem, "is_undefined_length", False) or len(value) < 16:
+            raise RejectInstance(DOES_NOT_MATCH_SOP_CLASS, "encapsulated Pixel Data is incomplete")
+        return
+    expected = (rows * cols * frames * spp * bits + 7) // 8
+    if len(value) < expected:
+        raise RejectInstance(
+            DOES_NOT_MATCH_SOP_CLASS,
+            f"Pixel Data holds {len(value)} bytes; {rows}x{cols}x{frames} at {bits} bits needs {expected}",
+        )
+
+
+class Ingest:
+    """Receives instances into the spool and the store; one instance per call, thread-safe."""
+
+    def __init__(self, store: Store, spool: Spool, *, min_free_bytes: int, max_instance_bytes: int,
+                 max_attempts: int = 3, on_stored: Callable[[], None] | None = None) -> None:
+        self.store = store
+        self.on_stored = on_stored
+        self.spool = spool
+        self.min_free_bytes = min_free_bytes
+        self.max_instance_bytes = max_instance_bytes
+        self.max_attempts = max_attempts
+
+    def receive(self, file_meta: FileMetaDataset, stream: io.BytesIO, *, calling_ae: str | None,
+                peer_host: str | None) -> Outcome:
+        """Check, store durably and queue one instance; return the status to send (never raises)."""
+        sop_class = str(file_meta.MediaStorageSOPClassUID)
+        sop_inst = str(file_meta.MediaStorageSOPInstanceUID)
+        ts = str(file_meta.TransferSyntaxUID)
+        try:
+            return self._receive(file_meta, stream, sop_class, sop_inst, ts, calling_ae, peer_host)
+        except RejectInstance as rej:
+            log.warning("C-STORE refused", extra={"sop_instance_uid": sop_inst, "status": f"0x{rej.status:04X}",
+                                                  "reason": rej.reason, "calling_ae": calling_ae})
+            return Outcome(rej.status, rej.reason)
+        except OSError as exc:
+            log.error("C-STORE failed on storage", extra={"sop_instance_uid": sop_inst,
+                                                          "reason": f"{type(exc).__name__}: {exc.strerror}"})
+            return Outcome(OUT_OF_RESOURCES, f"storage error: {exc.strerror}")
+
+    def _receive(self, file_meta: FileMetaDataset, stream: io.BytesIO, sop_class: str, sop_inst: str,
+                 ts: str, calling_ae: str | None, peer_host: str | None) -> Outcome:
+        size = stream.getbuffer().nbytes
+        if size > self.max_instance_bytes:
+            raise RejectInstance(OUT_OF_RESOURCES, f"instance of {size} bytes exceeds storage.max_instance_mb")
+        free = self.spool.free_bytes()
+        if free - size < self.min_free_bytes:
+            log.error("free disk under the floor: refusing instances",
+                      extra={"free_mb": free // 2**20, "floor_mb": self.min_free_bytes // 2**20})
+            raise RejectInstance(OUT_OF_RESOURCES, "free disk space is under storage.min_free_mb")
+        if not is_valid_uid(sop_inst):
+            raise RejectInstance(CANNOT_UNDERSTAND, "Affected SOP Instance UID is not a valid UID")
+        if self.store.has_instance(sop_inst):
+            log.info("duplicate instance kept once", extra={"sop_instance_uid": sop_inst, "calling_ae": calling_ae})
+            return Outcome(SUCCESS, "duplicate", stored=False, duplicate=True)
+
+        ds = parse_dataset(stream, ts)
+        check_dataset(ds, sop_class, sop_inst, ts)
+        study, series = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
+        final = self.spool.path_for(study, sop_inst)
+        temp = self.spool.write_temp(_file_chunks(file_meta, stream, calling_ae))
+        if not self.spool.commit(temp, final):
+            # A file under this name and no row: a crash came between link and commit last time.
+            if self.store.has_instance(sop_inst):
+                return Outcome(SUCCESS, "duplicate", duplicate=True)
+            temp = self.spool.write_temp(_file_chunks(file_meta, stream, calling_ae))
+            self.spool.commit(temp, final, replace=True)
+        row = InstanceRow(
+            sop_instance_uid=sop_inst, sop_class_uid=sop_class, study_instance_uid=study,
+            series_instance_uid=series, modality=str(ds.get("Modality", "")) or None,
+            transfer_syntax_uid=ts, path=str(final), size=final.stat().st_size,
+            calling_ae=calling_ae, peer_host=peer_host,
+        )
+        if not self.store.add_instance(row, max_attempts=self.max_attempts):
+            return Outcome(SUCCESS, "duplicate", duplicate=True)
+        if self.on_stored is not None:
+            self.on_stored()
+        log.info("instance stored", extra={"sop_instance_uid": sop_inst, "bytes": row.size,
+                                            "calling_ae": calling_ae})
+        return Outcome(SUCCESS, "stored", stored=True)
+
+
+def _file_chunks(file_meta: FileMetaDataset, stream: io.BytesIO, calling_ae: str | None) -> list[bytes | memoryview]:
+    """PS3.10 file: preamble, 'DICM', File Meta Information, then the data set exactly as sent."""
+    meta = FileMetaDataset(file_meta)
+    if calling_ae:
+        meta.SourceApplicationEntityTitle = calling_ae
+    buf = io.BytesIO()
+    write_file_meta_info(buf, meta, enforce_standard=True)
+    return [b"\x00" * 128, b"DICM", buf.getvalue(), stream.getbuffer()]
+
+
+def read_instance(path: Path | str, *, stop_before_pixels: bool = False) -> Dataset:
+    """Read a spooled instance (a PS3.10 file the receiver wrote)."""
+    return dcmread(path, stop_before_pixels=stop_before_pixels)

@@ -1,0 +1,88 @@
+"""Composition root: builds the store, spool, receiver, workers and schedules from one Config.
+
+``Node(cfg).serve()`` is what ``dicom-node serve`` runs. SIGTERM or SIGINT stops it gracefully: the
+listener closes, in-flight C-STOREs finish, running jobs finish or are released for the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from pydicom.uid import generate_uid
+
+from dicom_node.config import Config
+from dicom_node.ingest import Ingest
+from dicom_node.scp import Receiver
+from dicom_node.spool import Spool
+from dicom_node.store import Store
+from dicom_node.worker import Analysis, StepFn, WorkerPool
+
+log = logging.getLogger("dicom_node.node")
+
+__version__ = "0.1.0"
+
+
+class Node:
+    """One running node. Build it, ``start()`` it, ``stop()`` it; or ``serve()`` until a signal."""
+
+    def __init__(self, cfg: Config, *, steps: Sequence[StepFn] | None = None) -> None:
+        self.cfg = cfg
+        cfg.storage.dir.mkdir(parents=True, exist_ok=True)
+        self.store = Store(cfg.db_path)
+        self.spool = Spool(cfg.spool_dir)
+        swept = self.spool.sweep()
+        if swept:
+            log.info("removed partial files left by an earlier stop", extra={"files": swept})
+        self.device_uid = self.store.set_meta_once("node_device_uid", generate_uid())
+        self.analysis = WorkerPool(
+            self.store, "analyse", ["analyse"], Analysis(self.store, list(steps or [])),
+            threads=cfg.worker.threads, batch_size=cfg.worker.batch_size, lease_s=cfg.worker.lease_s,
+        )
+        self.ingest = Ingest(
+            self.store, self.spool,
+            min_free_bytes=cfg.storage.min_free_mb * 2**20,
+            max_instance_bytes=cfg.storage.max_instance_mb * 2**20,
+            max_attempts=cfg.worker.max_attempts,
+            on_stored=self.analysis.wake,
+        )
+        self.receiver = Receiver(cfg, self.store, self.ingest)
+        self.address: tuple[str, int] | None = None
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        self.analysis.start()
+        self.address = self.receiver.start()
+        log.info("node serving", extra={"ae_title": self.cfg.node.ae_title, "host": self.address[0],
+                                        "port": self.address[1], "storage": str(self.cfg.storage.dir),
+                                        "version": __version__})
+
+    def stop(self, grace_s: float = 30.0) -> None:
+        """Graceful stop; safe to call twice."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        aborted = self.receiver.stop(grace_s)
+        released = self.analysis.stop(grace_s)
+        log.info("node stopped", extra={"associations_aborted": aborted, "jobs_released": released})
+        self.store.close()
+
+    def serve(self) -> None:
+        """Run until SIGTERM or SIGINT (the main thread waits; handlers only set a flag)."""
+        done = threading.Event()
+
+        def _signal(signum: int, _frame: Any) -> None:
+            log.info("stop requested", extra={"signal": signal.Signals(signum).name})
+            done.set()
+
+        signal.signal(signal.SIGTERM, _signal)
+        signal.signal(signal.SIGINT, _signal)
+        self.start()
+        try:
+            while not done.wait(1.0):
+                pass
+        finally:
+            self.stop()

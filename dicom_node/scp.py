@@ -1,0 +1,243 @@
+"""The receiver: association policy, C-ECHO and C-STORE handlers (pynetdicom event handlers).
+
+All of the policy an admin configures sits here: which SOP classes and transfer syntaxes are
+negotiated, who may associate (called AE, calling AE and host), how many associations at once, the
+maximum PDU, TLS. What happens to a received instance is :mod:`dicom_node.ingest`.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom.pixels.decoders.base import _PIXEL_DATA_DECODERS, get_decoder
+from pynetdicom import AE, evt
+from pynetdicom.association import Association
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from dicom_node.config import Config, PeersConfig
+from dicom_node.ingest import Ingest
+from dicom_node.store import Store
+
+log = logging.getLogger("dicom_node.scp")
+
+#: Storage SOP classes a chest radiograph arrives in (PS3.4 Annex B.5). Everything else is refused
+#: at negotiation: the node is not an archive for CT, MR, RT or reports.
+CHEST_STORAGE_CLASSES: dict[str, str] = {
+    "1.2.840.10008.5.1.4.1.1.1": "Computed Radiography Image Storage",
+    "1.2.840.10008.5.1.4.1.1.1.1": "Digital X-Ray Image Storage - For Presentation",
+    "1.2.840.10008.5.1.4.1.1.1.1.1": "Digital X-Ray Image Storage - For Processing",
+    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image Storage",
+    "1.2.840.10008.5.1.4.1.1.7.2": "Multi-frame Grayscale Byte Secondary Capture Image Storage",
+    "1.2.840.10008.5.1.4.1.1.7.3": "Multi-frame Grayscale Word Secondary Capture Image Storage",
+}
+
+# A-ASSOCIATE-RJ (result, source, reason) of PS3.8 §9.3.4.
+REJECT_CALLED_AE = (0x01, 0x01, 0x07)   # rejected-permanent, service-user, called AE not recognised
+REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # rejected-permanent, service-user, calling AE not recognised
+REJECT_BUSY = (0x02, 0x03, 0x02)        # rejected-transient, service-provider (presentation), local limit
+REJECT_RATE = (0x02, 0x01, 0x01)        # rejected-transient, service-user, no reason given
+
+
+def transfer_syntaxes() -> list[str]:
+    """Uncompressed syntaxes plus every compressed one that an installed decoder can read."""
+    return [str(uid) for uid in _PIXEL_DATA_DECODERS if get_decoder(uid).is_available]
+
+
+@dataclass
+class AssociationPolicy:
+    """Who may associate: called AE must be ours; calling AE (and host, when given) must be allowed."""
+
+    ae_title: str
+    peers: PeersConfig
+    _recent: dict[str, deque[float]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def decide(self, called_ae: str, calling_ae: str, host: str) -> tuple[int, int, int] | None:
+        """None to accept, else the A-ASSOCIATE-RJ (result, source, reason) to send."""
+        if called_ae.strip() != self.ae_title:
+            return REJECT_CALLED_AE
+        if not self.peers.allow_any and not any(
+            (rule.ae_title == "*" or rule.ae_title == calling_ae.strip())
+            and (rule.host is None or rule.host == host)
+            for rule in self.peers.allowed
+        ):
+            return REJECT_CALLING_AE
+        if self.peers.rate_limit_per_min and not self._within_rate(calling_ae.strip(), host):
+            return REJECT_RATE
+        return None
+
+    def _within_rate(self, calling_ae: str, host: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            q = self._recent.setdefault(f"{calling_ae}@{host}", deque())
+            while q and now - q[0] > 60.0:
+                q.popleft()
+            if len(q) >= self.peers.rate_limit_per_min:
+                return False
+            q.append(now)
+            return True
+
+
+@dataclass
+class _AssocStats:
+    started: float
+    instances: int = 0
+    duplicates: int = 0
+    failures: int = 0
+    bytes: int = 0
+
+
+def server_ssl_context(cfg: Config) -> ssl.SSLContext | None:
+    """DICOM TLS (PS3.15 B.1): server certificate; with ``ca``, client certificates are required."""
+    tls = cfg.node.tls
+    if tls is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(tls.certificate), str(tls.key))
+    if tls.ca is not None:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(str(tls.ca))
+    return ctx
+
+
+class Receiver:
+    """The node's Storage SCP and Verification SCP on ``node.host:node.port``."""
+
+    def __init__(self, cfg: Config, store: Store, ingest: Ingest) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.ingest = ingest
+        self.policy = AssociationPolicy(cfg.node.ae_title, cfg.peers)
+        self._stats: dict[int, _AssocStats] = {}
+        self._stats_lock = threading.Lock()
+        self.server: ThreadedAssociationServer | None = None
+        self.ae = self._build_ae()
+        self.counters = {"accepted": 0, "rejected": 0, "instances": 0, "bytes": 0}
+
+    def _build_ae(self) -> AE:
+        node = self.cfg.node
+        ae = AE(ae_title=node.ae_title)
+        ae.maximum_associations = node.max_associations
+        ae.maximum_pdu_size = node.max_pdu_size
+        ae.network_timeout = node.network_timeout_s
+        ae.acse_timeout = node.acse_timeout_s
+        ae.dimse_timeout = node.dimse_timeout_s
+        ae.require_called_aet = True
+        syntaxes = transfer_syntaxes()
+        ae.add_supported_context(Verification)
+        for uid in CHEST_STORAGE_CLASSES:
+            ae.add_supported_context(uid, syntaxes)
+        return ae
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> tuple[str, int]:
+        """Start listening in the background; returns the bound (host, port)."""
+        handlers = [
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_ESTABLISHED, self._on_established),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_RELEASED, self._on_closed),
+            (evt.EVT_ABORTED, self._on_closed),
+        ]
+        server = self.ae.start_server(
+            (self.cfg.node.host, self.cfg.node.port), block=False, evt_handlers=handlers,
+            ssl_context=server_ssl_context(self.cfg),
+        )
+        assert isinstance(server, ThreadedAssociationServer)
+        self.server = server
+        host, port = server.server_address[:2]
+        return str(host), int(port)
+
+    def stop(self, grace_s: float = 30.0) -> int:
+        """Stop accepting, let in-flight associations finish (up to ``grace_s``), abort the rest.
+
+        Returns the number of associations aborted.
+        """
+        server = self.server
+        if server is None:
+            return 0
+        server.shutdown()  # closes the listening socket; running associations keep their threads
+        deadline = time.monotonic() + grace_s
+        while server.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = list(server.active_associations)
+        for assoc in left:
+            assoc.abort()
+        self.server = None
+        return len(left)
+
+    # -- handlers ------------------------------------------------------------------------------
+
+    def _on_requested(self, event: evt.Event) -> None:
+        assoc = event.assoc
+        rq = assoc.requestor.primitive
+        called = str(rq.called_ae_title)
+        calling = str(rq.calling_ae_title)
+        host = str(assoc.requestor.address)
+        decision = self.policy.decide(called, calling, host)
+        if decision is None:
+            return
+        result, source, reason = decision
+        log.warning("association rejected", extra={"calling_ae": calling.strip(), "called_ae": called.strip(),
+                                                    "peer_host": host, "reason": reason})
+        self.counters["rejected"] += 1
+        self._audit("association", calling, host, "rejected", {"called_ae": called.strip(), "reason": reason})
+        assoc.acse.send_reject(result, source, reason)
+
+    def _on_established(self, event: evt.Event) -> None:
+        self.counters["accepted"] += 1
+        with self._stats_lock:
+            self._stats[id(event.assoc)] = _AssocStats(started=time.time())
+
+    def _on_echo(self, event: evt.Event) -> int:
+        return 0x0000
+
+    def _on_store(self, event: evt.Event) -> int:
+        assoc: Association = event.assoc
+        calling = str(assoc.requestor.ae_title).strip()
+        outcome = self.ingest.receive(
+            event.file_meta, event.request.DataSet, calling_ae=calling, peer_host=str(assoc.requestor.address)
+        )
+        with self._stats_lock:
+            st = self._stats.get(id(assoc))
+            if st is not None:
+                if outcome.stored:
+                    st.instances += 1
+                    st.bytes += event.request.DataSet.getbuffer().nbytes
+                elif outcome.duplicate:
+                    st.duplicates += 1
+                elif outcome.status:
+                    st.failures += 1
+        if outcome.stored:
+            self.counters["instances"] += 1
+            self.counters["bytes"] += event.request.DataSet.getbuffer().nbytes
+        return outcome.status
+
+    def _on_closed(self, event: evt.Event) -> None:
+        with self._stats_lock:
+            st = self._stats.pop(id(event.assoc), None)
+        if st is None:
+            return
+        outcome = "released" if event.event is evt.EVT_RELEASED else "aborted"
+        requestor = event.assoc.requestor
+        self._audit(
+            "association", str(requestor.ae_title), str(requestor.address), outcome,
+            {"instances": st.instances, "duplicates": st.duplicates, "failures": st.failures,
+             "bytes": st.bytes, "seconds": round(time.time() - st.started, 3)},
+        )
+
+    def _audit(self, event: str, ae: str, host: str, outcome: str, detail: dict[str, Any]) -> None:
+        try:
+            self.store.audit(event, peer_ae=ae.strip(), peer_host=host, outcome=outcome, detail=detail)
+        except Exception:  # the audit trail must never break an association
+            log.exception("audit write failed")

@@ -1,0 +1,35 @@
+"""The node's status as one dictionary: what ``dicom-node status --json`` and ``/api/status`` return."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dicom_node.config import Config
+from dicom_node.store import Store
+
+
+def node_status(cfg: Config, store: Store | None = None) -> dict[str, Any]:
+    """Instances stored, jobs by state and kind, and each destination's last echo and delivery.
+
+    Reads the database, so it works from another process while the node serves.
+    """
+    own = store is None
+    st = store or Store(cfg.db_path)
+    try:
+        data = st.status()
+        peers = {r["name"]: dict(r) for r in st.conn().execute("SELECT * FROM peer_status")}
+    finally:
+        if own:
+            st.close()
+    data["node"] = {"ae_title": cfg.node.ae_title, "port": cfg.node.port, "storage": str(cfg.storage.dir)}
+    data["destinations"] = [
+        {
+            "name": d.name,
+            "address": f"{d.ae_title}@{d.host}:{d.port}",
+            "kinds": list(d.kinds),
+            **{k: peers.get(d.name, {}).get(k) for k in
+               ("last_echo_at", "last_echo_ok", "last_echo_error", "last_delivery_at", "last_delivery_ok")},
+        }
+        for d in cfg.destinations
+    ]
+    return data

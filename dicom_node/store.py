@@ -1,0 +1,445 @@
+"""The node's SQLite tables: instances, jobs, results, deliveries, audit — and the job queue over them.
+
+One database file in WAL mode is shared by the receiver, the workers, the twin and the commands (which
+read it while the node serves). Each thread gets its own connection; writes take ``BEGIN IMMEDIATE``
+so a lease or an insert is atomic, and ``synchronous=FULL`` so a committed row survives a power cut,
+which is what lets the receiver answer Success only after the commit ("nothing lost").
+
+Jobs move ``queued → running → done | skipped | failed``. A lease has an expiry: a job whose worker
+died is taken again once it has expired, until ``max_attempts`` is spent. ``finish`` is fenced by the
+lease owner, so a worker that lost its lease cannot overwrite the state set by the one that took over.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+JOB_STATES = ("queued", "running", "done", "skipped", "failed")
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS instances (
+    sop_instance_uid TEXT PRIMARY KEY,
+    sop_class_uid TEXT NOT NULL,
+    study_instance_uid TEXT NOT NULL,
+    series_instance_uid TEXT NOT NULL,
+    modality TEXT,
+    transfer_syntax_uid TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    calling_ae TEXT,
+    peer_host TEXT,
+    received_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instances_study ON instances (study_instance_uid);
+CREATE INDEX IF NOT EXISTS instances_received ON instances (received_at);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    ref TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'queued',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL DEFAULT 3,
+    not_before REAL NOT NULL DEFAULT 0,
+    lease_until REAL,
+    worker TEXT,
+    error TEXT,
+    detail TEXT,
+    payload TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    UNIQUE (kind, ref)
+);
+CREATE INDEX IF NOT EXISTS jobs_pick ON jobs (kind, state, not_before, id);
+CREATE TABLE IF NOT EXISTS findings (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    sop_instance_uid TEXT NOT NULL,
+    x0 REAL NOT NULL, y0 REAL NOT NULL, x1 REAL NOT NULL, y1 REAL NOT NULL,
+    score REAL NOT NULL,
+    label TEXT NOT NULL,
+    model_name TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS findings_instance ON findings (sop_instance_uid);
+CREATE TABLE IF NOT EXISTS analyses (
+    sop_instance_uid TEXT PRIMARY KEY,
+    outcome TEXT NOT NULL,
+    reason TEXT,
+    model_name TEXT,
+    model_version TEXT,
+    n_findings INTEGER NOT NULL DEFAULT 0,
+    preprocess_ms REAL,
+    inference_ms REAL,
+    total_ms REAL,
+    analysed_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS results (
+    sop_instance_uid TEXT PRIMARY KEY,
+    source_sop_instance_uid TEXT NOT NULL,
+    study_instance_uid TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    path TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    UNIQUE (source_sop_instance_uid, kind)
+);
+CREATE INDEX IF NOT EXISTS results_study ON results (study_instance_uid);
+CREATE TABLE IF NOT EXISTS deliveries (
+    result_uid TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    delivered_at REAL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (result_uid, destination)
+);
+CREATE TABLE IF NOT EXISTS peer_status (
+    name TEXT PRIMARY KEY,
+    last_echo_at REAL,
+    last_echo_ok INTEGER,
+    last_echo_error TEXT,
+    last_delivery_at REAL,
+    last_delivery_ok INTEGER
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    event TEXT NOT NULL,
+    peer_ae TEXT,
+    peer_host TEXT,
+    outcome TEXT,
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
+"""
+
+
+@dataclass(frozen=True)
+class Job:
+    """A leased job: what to do (``kind``), to what (``ref``), and which attempt this is."""
+
+    id: int
+    kind: str
+    ref: str
+    attempts: int
+    max_attempts: int
+    worker: str
+    payload: dict[str, Any] | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row | dict[str, Any]) -> Job:
+        r = dict(row)
+        return cls(
+            id=r["id"],
+            kind=r["kind"],
+            ref=r["ref"],
+            attempts=r["attempts"],
+            max_attempts=r["max_attempts"],
+            worker=r["worker"],
+            payload=json.loads(r["payload"]) if r["payload"] else None,
+        )
+
+
+@dataclass(frozen=True)
+class InstanceRow:
+    """What the receiver records of one stored instance (UIDs and counts only: no patient data)."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    modality: str | None
+    transfer_syntax_uid: str
+    path: str
+    size: int
+    calling_ae: str | None
+    peer_host: str | None
+
+
+class Store:
+    """Thread-safe access to the node's database; one connection per thread."""
+
+    def __init__(self, path: Path | str, *, readonly: bool = False) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        if not readonly:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = self.conn()
+            conn.executescript(_SCHEMA)  # runs in its own transaction; every statement is idempotent
+            with self.transaction() as conn:
+                conn.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection (autocommit; use :meth:`transaction` to group writes)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            if self.readonly:
+                uri = f"file:{self.path}?mode=ro"
+                conn = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None,
+                                       check_same_thread=False)
+            else:
+                conn = sqlite3.connect(self.path, timeout=30, isolation_level=None,
+                                       check_same_thread=False)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def db(self) -> sqlite_utils.Database:
+        """This thread's connection wrapped by sqlite-utils (for the twin and for queries)."""
+        wrapped: sqlite_utils.Database | None = getattr(self._local, "db", None)
+        if wrapped is None:
+            wrapped = sqlite_utils.Database(self.conn())
+            self._local.db = wrapped
+        return wrapped
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT``: one writer at a time, all or nothing."""
+        conn = self.conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
+            self._all.clear()
+        self._local = threading.local()
+
+    # -- meta ----------------------------------------------------------------------------------
+
+    def meta(self, key: str, default: str | None = None) -> str | None:
+        row = self.conn().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row["value"] if row else default
+
+    def set_meta_once(self, key: str, value: str) -> str:
+        """Store ``value`` under ``key`` unless one is there already; return what is stored."""
+        with self.transaction() as conn:
+            conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, value))
+            return str(conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])
+
+    # -- instances -----------------------------------------------------------------------------
+
+    def has_instance(self, sop_instance_uid: str) -> bool:
+        row = self.conn().execute(
+            "SELECT 1 FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)
+        ).fetchone()
+        return row is not None
+
+    def instance(self, sop_instance_uid: str) -> dict[str, Any] | None:
+        row = self.conn().execute(
+            "SELECT * FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)
+        ).fetchone()
+        return dict(row) if row else None
+
+    def add_instance(self, row: InstanceRow, *, job_kind: str = "analyse", max_attempts: int = 3) -> bool:
+        """Record a stored instance and queue its analysis in one transaction.
+
+        Returns False (and changes nothing) when the SOP Instance UID is already stored.
+        """
+        now = time.time()
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO instances (sop_instance_uid, sop_class_uid, study_instance_uid,"
+                " series_instance_uid, modality, transfer_syntax_uid, path, size, calling_ae, peer_host,"
+                " received_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (row.sop_instance_uid, row.sop_class_uid, row.study_instance_uid,
+                 row.series_instance_uid, row.modality, row.transfer_syntax_uid, row.path, row.size,
+                 row.calling_ae, row.peer_host, now),
+            )
+            if cur.rowcount == 0:
+                return False
+            self._enqueue(conn, job_kind, row.sop_instance_uid, None, max_attempts, 0.0, now)
+        return True
+
+    def instance_paths(self) -> set[str]:
+        return {r[0] for r in self.conn().execute("SELECT path FROM instances")}
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _enqueue(conn: sqlite3.Connection, kind: str, ref: str, payload: dict[str, Any] | None,
+                 max_attempts: int, not_before: float, now: float) -> bool:
+        cur = conn.execute(
+            "INSERT OR IGNORE INTO jobs (kind, ref, state, max_attempts, not_before, payload,"
+            " created_at, updated_at) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?)",
+            (kind, ref, max_attempts, not_before, json.dumps(payload) if payload else None, now, now),
+        )
+        return cur.rowcount == 1
+
+    def enqueue(self, kind: str, ref: str, *, payload: dict[str, Any] | None = None,
+                max_attempts: int = 3, delay_s: float = 0.0) -> bool:
+        """Queue a job; a job with the same (kind, ref) is kept once (returns False)."""
+        now = time.time()
+        with self.transaction() as conn:
+            return self._enqueue(conn, kind, ref, payload, max_attempts, now + delay_s, now)
+
+    def lease(self, kinds: Sequence[str], worker: str, *, limit: int = 1, lease_s: float = 300.0) -> list[Job]:
+        """Take up to ``limit`` due jobs of the given kinds for ``worker`` until the lease expires.
+
+        Jobs whose lease expired are taken again; one that has used all its attempts is failed.
+        """
+        now = time.time()
+        marks = ",".join("?" for _ in kinds)
+        with self.transaction() as conn:
+            conn.execute(
+                f"UPDATE jobs SET state='failed', updated_at=?, lease_until=NULL,"
+                f" error=COALESCE(error, 'lease expired') || ' (attempt ' || attempts || ' of '"
+                f" || max_attempts || ')'"
+                f" WHERE kind IN ({marks}) AND state='running' AND lease_until < ? AND attempts >= max_attempts",
+                (now, *kinds, now),
+            )
+            rows = conn.execute(
+                f"UPDATE jobs SET state='running', worker=?, lease_until=?, attempts=attempts+1, updated_at=?"
+                f" WHERE id IN (SELECT id FROM jobs WHERE kind IN ({marks}) AND"
+                f" ((state='queued' AND not_before <= ?) OR (state='running' AND lease_until < ?))"
+                f" ORDER BY not_before, id LIMIT ?) RETURNING *",
+                (worker, now + lease_s, now, *kinds, now, now, limit),
+            ).fetchall()
+        return sorted((Job.from_row(r) for r in rows), key=lambda j: j.id)
+
+    def finish(self, job: Job, state: str, *, error: str | None = None,
+               detail: str | None = None) -> bool:
+        """End a job as done, skipped or failed; False when this worker no longer holds its lease."""
+        if state not in ("done", "skipped", "failed"):
+            raise ValueError(f"state must be done, skipped or failed, not {state!r}")
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "UPDATE jobs SET state=?, error=?, detail=?, lease_until=NULL, updated_at=?"
+                " WHERE id=? AND worker=? AND state='running'",
+                (state, error, detail, time.time(), job.id, job.worker),
+            )
+        return cur.rowcount == 1
+
+    def retry_later(self, job: Job, delay_s: float, error: str) -> bool:
+        """Put a running job back in the queue after ``delay_s``, keeping its error (back-off)."""
+        now = time.time()
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "UPDATE jobs SET state='queued', error=?, not_before=?, lease_until=NULL, updated_at=?"
+                " WHERE id=? AND worker=? AND state='running'",
+                (error, now + delay_s, now, job.id, job.worker),
+            )
+        return cur.rowcount == 1
+
+    def requeue(self, kind: str, *, states: Sequence[str] = ("failed",)) -> int:
+        """Send failed (parked) jobs of ``kind`` round again with fresh attempts."""
+        now = time.time()
+        marks = ",".join("?" for _ in states)
+        with self.transaction() as conn:
+            cur = conn.execute(
+                f"UPDATE jobs SET state='queued', attempts=0, not_before=?, updated_at=?, worker=NULL"
+                f" WHERE kind=? AND state IN ({marks})",
+                (now, now, kind, *states),
+            )
+        return cur.rowcount
+
+    def release(self, worker_prefix: str) -> int:
+        """Give back the running jobs of workers whose name starts with ``worker_prefix`` (clean stop).
+
+        The attempt is not counted: the job was interrupted, not failed.
+        """
+        now = time.time()
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "UPDATE jobs SET state='queued', attempts=MAX(attempts-1, 0), lease_until=NULL,"
+                " worker=NULL, updated_at=? WHERE state='running' AND worker LIKE ? || '%'",
+                (now, worker_prefix),
+            )
+        return cur.rowcount
+
+    def job_counts(self, kind: str | None = None) -> dict[str, int]:
+        """Counts by state (every state present, zero when none)."""
+        counts = dict.fromkeys(JOB_STATES, 0)
+        sql = "SELECT state, COUNT(*) FROM jobs"
+        args: tuple[Any, ...] = ()
+        if kind:
+            sql += " WHERE kind = ?"
+            args = (kind,)
+        for state, n in self.conn().execute(sql + " GROUP BY state", args):
+            counts[state] = n
+        return counts
+
+    def jobs(self, *, state: str | None = None, kind: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        where, args = [], []
+        if state:
+            where.append("state = ?")
+            args.append(state)
+        if kind:
+            where.append("kind = ?")
+            args.append(kind)
+        sql = "SELECT id, kind, ref, state, attempts, max_attempts, error, detail, created_at, updated_at FROM jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC LIMIT ?"
+        return [dict(r) for r in self.conn().execute(sql, (*args, limit))]
+
+    def job(self, kind: str, ref: str) -> dict[str, Any] | None:
+        row = self.conn().execute("SELECT * FROM jobs WHERE kind=? AND ref=?", (kind, ref)).fetchone()
+        return dict(row) if row else None
+
+    # -- audit ---------------------------------------------------------------------------------
+
+    def audit(self, event: str, *, peer_ae: str | None = None, peer_host: str | None = None,
+              outcome: str | None = None, detail: dict[str, Any] | None = None) -> None:
+        """Append to the audit trail (UIDs, AE titles, addresses, counts: never patient data)."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO audit (at, event, peer_ae, peer_host, outcome, detail) VALUES (?,?,?,?,?,?)",
+                (time.time(), event, peer_ae, peer_host, outcome, json.dumps(detail) if detail else None),
+            )
+
+    # -- summary -------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """What ``dicom-node status --json`` prints: instances stored and jobs by state."""
+        conn = self.conn()
+        instances = conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
+        size = conn.execute("SELECT COALESCE(SUM(size), 0) FROM instances").fetchone()[0]
+        last = conn.execute("SELECT MAX(received_at) FROM instances").fetchone()[0]
+        by_kind: dict[str, dict[str, int]] = {}
+        for kind, state, n in conn.execute("SELECT kind, state, COUNT(*) FROM jobs GROUP BY kind, state"):
+            by_kind.setdefault(kind, dict.fromkeys(JOB_STATES, 0))[state] = n
+        return {
+            "instances": instances,
+            "bytes": size,
+            "last_received_at": last,
+            "jobs": self.job_counts(),
+            "jobs_by_kind": by_kind,
+        }
