@@ -1,0 +1,181 @@
+"""Device-twin commands: ``devices``, ``device ID`` and ``maintenance add ID``.
+
+They read (and, for maintenance, write) the twin's tables in the node's database, so they work
+while the node serves. ``register(app)`` adds them to the root ``dicom-node`` command.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from dicom_node.config import ConfigError, load_config
+from twin.db import thread_local_connect
+from twin.store import MAINTENANCE_KINDS, TwinStore
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", help="configuration file (default $DICOM_NODE_CONFIG or ./config.yaml)"),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
+
+_STYLE = {"OK": "green", "WARN": "yellow", "ALERT": "bold red"}
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    """One line on stderr naming what is wrong, then the exit code."""
+    typer.echo(message, err=True)
+    return typer.Exit(code)
+
+
+def _store(config: Path | None) -> TwinStore:
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        raise _fail(str(exc), 2) from None
+    db_path = cfg.db_path
+    if not db_path.exists():
+        raise _fail(
+            f"no database at {db_path}: start the node first, or check storage.dir in the configuration"
+        )
+    return TwinStore(thread_local_connect(db_path))
+
+
+def _device_id(store: TwinStore, ref: str) -> int:
+    found = store.find_device(ref)
+    if found is None:
+        raise _fail(f"no device {ref!r} (give its id, serial number or station name; see `devices`)")
+    return found
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _status(status: str) -> str:
+    return f"[{_STYLE.get(status, '')}]{status}[/]"
+
+
+def devices(config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """List every device the node has seen, with counts and health."""
+    rows = _store(config).devices()
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table(title=f"{len(rows)} device(s)")
+    for col in ("id", "device", "serial", "station", "software", "acq.", "faults", "health"):
+        table.add_column(col, justify="right" if col in ("id", "acq.", "faults") else "left")
+    for d in rows:
+        table.add_row(
+            str(d["id"]),
+            f"{d['manufacturer'] or '?'} {d['model'] or '?'}",
+            d["serial"] or "",
+            d["station"] or "",
+            d["software_versions"] or "",
+            str(d["acquisitions"]),
+            str(d["faults"]),
+            _status(d["health"]["status"]),
+        )
+    con = Console()
+    con.print(table)
+    for d in rows:
+        for reason in d["health"]["reasons"]:
+            con.print(f"device {d['id']}: {reason}", markup=False, highlight=False)
+
+
+def device(
+    ref: Annotated[str, typer.Argument(metavar="ID", help="device id, serial number or station name")],
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show one device's whole twin: identity, configuration history, usage, faults, maintenance, health."""
+    store = _store(config)
+    rec = store.device(_device_id(store, ref))
+    if as_json:
+        _print_json(rec)
+        return
+    con = Console()
+    health = rec["health"]
+    con.print(
+        f"[bold]device {rec['id']}[/] {rec['manufacturer'] or '?'} {rec['model'] or '?'}  "
+        f"serial {rec['serial'] or '-'}  station {rec['station'] or '-'}  {_status(health['status'])}"
+    )
+    con.print(
+        f"institution {rec['institution'] or '-'} / {rec['department'] or '-'}; first seen "
+        f"{rec['first_seen']}, last seen {rec['last_seen']}; {rec['acquisitions']} acquisitions, "
+        f"{rec['faults']} faults; last calibration {rec['last_calibration'] or 'unknown'}; next "
+        f"maintenance due {rec['next_maintenance_due'] or 'unknown'}",
+        markup=False,
+    )
+    findings = Table(title="health")
+    for col in ("rule", "status", "reason"):
+        findings.add_column(col)
+    for f in health["findings"]:
+        findings.add_row(f["rule"], _status(f["status"]), f["reason"])
+    con.print(findings)
+    history = Table(title="configuration history")
+    for col in ("since", "software", "detector", "grid", "changes"):
+        history.add_column(col)
+    for c in rec["configuration_history"]:
+        changes = "; ".join(f"{x['field']}: {x['from']} -> {x['to']}" for x in c["changes"]) or "first seen"
+        detector = " ".join(v for v in (c["detector_model"], c["detector_id"]) if v)
+        history.add_row(c["since"][:19], c["software_versions"] or "", detector, c["grid"] or "", changes)
+    con.print(history)
+    usage = Table(title="usage per day (last 14)")
+    for col in ("day", "acquisitions", "mean DI", "faults", "warnings"):
+        usage.add_column(col, justify="right")
+    for u in rec["usage_per_day"][-14:]:
+        mean_di = "" if u["mean_di"] is None else f"{u['mean_di']:+.2f}"
+        usage.add_row(u["day"], str(u["acquisitions"]), mean_di, str(u["faults"]), str(u["warnings"]))
+    con.print(usage)
+    faults = Table(title="latest faults")
+    for col in ("time", "code", "message"):
+        faults.add_column(col)
+    for f in rec["fault_events"][:10]:
+        faults.add_row(f["at"][:19], f["code"] or "", f["message"] or "")
+    con.print(faults)
+    maint = Table(title="maintenance")
+    for col in ("time", "kind", "note", "source"):
+        maint.add_column(col)
+    for m in rec["maintenance"]:
+        maint.add_row(m["at"][:19], m["kind"], m["note"] or "", m["source"] or "")
+    con.print(maint)
+
+
+def maintenance_add(
+    ref: Annotated[str, typer.Argument(metavar="ID", help="device id, serial number or station name")],
+    kind: Annotated[str, typer.Option("--kind", help=f"one of {', '.join(MAINTENANCE_KINDS)}")],
+    note: Annotated[str, typer.Option("--note", help="what was done")],
+    at: Annotated[str | None, typer.Option("--at", help="when (ISO 8601; default now)")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Record a maintenance action on a device (preventive, corrective and calibration restart its
+    exposure-index baseline; preventive restarts its service interval)."""
+    if kind not in MAINTENANCE_KINDS:
+        raise _fail(f"--kind: one of {', '.join(MAINTENANCE_KINDS)} (got {kind!r})", 2)
+    when = None
+    if at:
+        try:
+            when = datetime.fromisoformat(at)
+        except ValueError:
+            raise _fail(f"--at: an ISO 8601 time such as 2025-03-01T14:30 (got {at!r})", 2) from None
+    store = _store(config)
+    device_id = _device_id(store, ref)
+    record_id = store.add_maintenance(device_id, kind, note, when)
+    typer.echo(f"recorded maintenance {record_id} ({kind}) on device {device_id}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``devices``, ``device`` and ``maintenance add`` to the root command."""
+    app.command("devices")(devices)
+    app.command("device")(device)
+    maintenance = typer.Typer(help="Maintenance records of the device twin.", no_args_is_help=True)
+    maintenance.command("add")(maintenance_add)
+    app.add_typer(maintenance, name="maintenance")

@@ -1,0 +1,121 @@
+"""The modality simulator feeding the twin: counts match what was sent, injected faults are found.
+
+The first test hands the simulator's datasets straight to the store; the second sends them over a
+real DICOM association (pynetdicom SCU in the simulator, a pynetdicom SCP here that records each
+instance in the twin) to check the C-STORE path end to end without the node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from twin_support import new_store
+
+from twin.health import Status
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def sim() -> ModuleType:
+    pytest.importorskip("models.phantoms")
+    spec = importlib.util.spec_from_file_location(
+        "simulate_modality", REPO / "scripts" / "simulate_modality.py"
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["simulate_modality"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_simulated_fleet_builds_matching_twin_records(tmp_path: Path, sim: ModuleType) -> None:
+    now = datetime.now(UTC)
+    inj = sim.Injections(
+        drift={2: (61, 0.1)},
+        fault_burst={1: 12},
+        calibration_lapse={3: 400},
+        software_update={3: (30, "VB20-SIM")},
+        silent={4: 4.0},
+    )
+    plan = sim.plan(5, 90, seed=3, days=10, now=now, injections=inj)
+    sidecar = sim.write_sidecar(plan, tmp_path / "side")
+    store = new_store(tmp_path)
+    for _, ds in sim.datasets(plan, size=128):
+        store.record_instance(ds, received_at=now)
+    stats = store.ingest_sidecar(tmp_path / "side", settle_s=0)
+    summary = sim.summary(plan, {n: {"sent": 90, "failed": 0} for n in range(1, 6)}, sidecar)
+    assert stats.quarantined == 0 and stats.events == summary["events"]
+
+    devices = {d["serial"]: d for d in store.devices(now)}
+    assert len(devices) == 5
+    flagged = {}
+    for sent in summary["devices"]:
+        twin = devices[sent["serial"]]
+        assert twin["acquisitions"] == sent["planned"] == 90
+        assert twin["faults"] == sent["events"].get("fault", 0)
+        health = store.health(twin["id"], now)
+        flagged[sent["number"]] = {f.rule for f in health.findings if f.status is not Status.OK}
+    # the drift reaches +3 DI by the last image, so the absolute |DI| > 3 rule may join in
+    assert "ei_drift" in flagged[2] and flagged.pop(2) <= {"ei_drift", "di_absolute"}
+    assert flagged == {1: {"fault_rate"}, 3: {"calibration"}, 4: {"silence"}, 5: set()}
+    history = store.device(devices[summary["devices"][2]["serial"]]["id"], now)["configuration_history"]
+    assert [c["software_versions"] for c in history][-1] == "VB20-SIM" and len(history) == 2
+
+
+def test_simulator_over_c_store_into_the_twin(tmp_path: Path, sim: ModuleType) -> None:
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation
+
+    store = new_store(tmp_path)
+    received: list[str] = []
+
+    def on_store(event: evt.Event) -> int:
+        ds = event.dataset
+        store.record_instance(ds)
+        received.append(ds.SOPInstanceUID)
+        return 0x0000
+
+    scp = AE(ae_title="TWINTEST")
+    for uid in (ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation):
+        scp.add_supported_context(uid, "1.2.840.10008.1.2.1")
+    server = scp.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        port = server.server_address[1]
+        out = io.StringIO()
+        args = [
+            "--to",
+            f"TWINTEST@127.0.0.1:{port}",
+            "--devices",
+            "3",
+            "--images",
+            "6",
+            "--size",
+            "128",
+            "--sidecar-dir",
+            str(tmp_path / "side"),
+            "--fault-burst",
+            "2",
+            "--json",
+        ]
+        with contextlib.redirect_stdout(out):
+            assert sim.main(args) == 0
+    finally:
+        server.shutdown()
+    summary = json.loads(out.getvalue())
+    assert summary["sent"] == 18 == len(received) and summary["failed"] == 0
+    store.ingest_sidecar(tmp_path / "side", settle_s=0)
+    twins = {d["serial"]: d for d in store.devices()}
+    for d in summary["devices"]:
+        assert twins[d["serial"]]["acquisitions"] == d["sent"]
+        assert twins[d["serial"]]["faults"] == d["events"].get("fault", 0)
+    burst = twins[summary["devices"][1]["serial"]]
+    assert burst["health"]["status"] == "ALERT" and "fault rate up" in burst["health"]["reasons"][0]

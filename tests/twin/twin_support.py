@@ -1,0 +1,139 @@
+"""Builders for the twin tests: device headers, DI series, sidecar files, a store on a temp database.
+
+Every dataset carries a patient name and ID on purpose, so tests can check the twin never stores
+them.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterable
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from twin.db import thread_local_connect
+from twin.store import TwinStore
+
+NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+PATIENT_NAME = "DOE^JANE^SECRET"
+PATIENT_ID = "PID-SECRET-42"
+
+
+def new_store(tmp_path: Path) -> TwinStore:
+    return TwinStore(thread_local_connect(tmp_path / "node.db"))
+
+
+def dicom_dt(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y%m%d%H%M%S.%f") + "+0000"
+
+
+def make_ds(
+    uid: str,
+    at: datetime,
+    *,
+    serial: str | None = "SN-1001",
+    station: str | None = "XR01",
+    manufacturer: str | None = "Acme Medical",
+    model: str | None = "DR-9000",
+    software: str | None = "VA10",
+    di: float | None = 0.0,
+    tei: float = 400.0,
+    temperature: float | None = 31.0,
+    calibrated: date | None = None,
+    kvp: float = 120.0,
+    modality: str = "DX",
+) -> Dataset:
+    """A DX instance header with device identity, configuration and one exposure (no pixels)."""
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    ds.SOPInstanceUID = uid
+    ds.PatientName = PATIENT_NAME
+    ds.PatientID = PATIENT_ID
+    ds.Modality = modality
+    ds.BodyPartExamined = "CHEST"
+    ds.ViewPosition = "PA"
+    for keyword, value in (
+        ("Manufacturer", manufacturer),
+        ("ManufacturerModelName", model),
+        ("DeviceSerialNumber", serial),
+        ("StationName", station),
+        ("SoftwareVersions", software),
+    ):
+        if value is not None:
+            setattr(ds, keyword, value)
+    ds.InstitutionName = "Test Hospital"
+    ds.DetectorID = "DET-77"
+    ds.DetectorType = "SCINTILLATOR"
+    ds.AcquisitionDateTime = dicom_dt(at)
+    ds.KVP = f"{kvp:g}"
+    ds.ExposureInuAs = 2500
+    ds.DistanceSourceToDetector = "1800"
+    if di is not None:
+        ds.ExposureIndex = f"{tei * 10 ** (di / 10):.2f}"
+        ds.TargetExposureIndex = f"{tei:g}"
+        ds.DeviationIndex = f"{di:.2f}"
+    if temperature is not None:
+        ds.DetectorTemperature = f"{temperature:.1f}"
+    if calibrated is not None:
+        ds.DateOfLastDetectorCalibration = calibrated.strftime("%Y%m%d")
+    return ds
+
+
+def di_series(
+    n: int,
+    seed: int,
+    *,
+    mean: float = 0.2,
+    sigma: float = 0.8,
+    drift_from: int | None = None,
+    rate: float = 0.0,
+    step: float = 0.0,
+) -> list[float]:
+    """DI values of a device: normal around ``mean``; from acquisition ``drift_from`` (1-based) a
+    ramp of ``rate`` DI per acquisition plus a ``step``."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(1, n + 1):
+        x = rng.gauss(mean, sigma)
+        if drift_from is not None and i >= drift_from:
+            x += step + rate * (i - drift_from + 1)
+        out.append(round(x, 2))
+    return out
+
+
+def times(n: int, end: datetime = NOW, every: timedelta = timedelta(minutes=29)) -> list[datetime]:
+    """``n`` acquisition times ``every`` apart, the last one at ``end``."""
+    return [end - every * (n - 1 - i) for i in range(n)]
+
+
+def event(
+    at: datetime,
+    kind: str,
+    *,
+    serial: str | None = "SN-1001",
+    code: str | None = None,
+    message: str | None = None,
+    values: dict[str, float] | None = None,
+    **device: str,
+) -> dict[str, Any]:
+    ident = {"serial": serial, **device} if serial else dict(device)
+    return {
+        "time": at.isoformat(),
+        "device": ident,
+        "kind": kind,
+        "code": code,
+        "message": message,
+        "values": values or {},
+    }
+
+
+def write_jsonl(path: Path, events: Iterable[dict[str, Any] | str], mode: str = "w") -> None:
+    """Events (dicts) or raw lines (str) as JSON Lines."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open(mode, encoding="utf-8") as fh:
+        for e in events:
+            fh.write((e if isinstance(e, str) else json.dumps(e)) + "\n")

@@ -1,0 +1,496 @@
+"""Health of one device: six rules, each OK / WARN / ALERT with a reason in words and since when.
+
+The rules are pure functions of a :class:`DeviceHistory` (built by :mod:`twin.store`) and ``now``,
+so they can be tested and measured without a database. Thresholds live in :class:`Thresholds`;
+docs/twin.md gives each one with its source and the false-alarm and detection-delay figures measured
+by tests/twin/measure_health.py.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from enum import StrEnum
+from functools import lru_cache
+
+import numpy as np
+
+
+class Status(StrEnum):
+    OK = "OK"
+    WARN = "WARN"
+    ALERT = "ALERT"
+
+    @property
+    def rank(self) -> int:
+        return ("OK", "WARN", "ALERT").index(self.value)
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One rule's verdict; ``since`` is when the current status of this rule began."""
+
+    rule: str
+    status: Status
+    reason: str
+    since: datetime | None = None
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {
+            "rule": self.rule,
+            "status": self.status.value,
+            "reason": self.reason,
+            "since": self.since.isoformat() if self.since else None,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    status: Status
+    findings: tuple[Finding, ...]
+
+    @property
+    def reasons(self) -> list[str]:
+        """Reasons of the rules that are not OK, worst first."""
+        bad = sorted((f for f in self.findings if f.status is not Status.OK), key=lambda f: -f.status.rank)
+        return [f.reason for f in bad]
+
+    @property
+    def since(self) -> datetime | None:
+        """Earliest start among the findings at the overall status (None when OK)."""
+        times = [f.since for f in self.findings if f.status is self.status and f.since is not None]
+        return min(times) if times and self.status is not Status.OK else None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "status": self.status.value,
+            "reasons": self.reasons,
+            "since": self.since.isoformat() if self.since else None,
+            "findings": [f.as_dict() for f in self.findings],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """Every threshold of the rules; docs/twin.md gives the source of each default."""
+
+    # detector calibration age (days)
+    calibration_warn_days: float = 180.0
+    calibration_alert_days: float = 365.0
+    # exposure-index drift: EWMA chart of the deviation index (Montgomery, SQC 8th ed. 9.2)
+    ewma_lambda: float = 0.1
+    ewma_l: float = 3.5
+    baseline_n: int = 50
+    sigma_floor: float = 0.3
+    drift_warn_shift: float = 0.5
+    drift_alert_shift: float = 1.0
+    drift_persist: int = 3
+    # absolute deviation index (AAPM TG-116 table II: |DI| > 3 calls for action)
+    di_limit: float = 3.0
+    di_window: int = 5
+    di_warn_count: int = 3
+    di_alert_count: int = 4
+    # fault rate: Poisson CUSUM on faults per day (Lucas 1985)
+    fault_window_days: int = 14
+    fault_baseline_days: int = 90
+    fault_min_baseline_days: int = 7
+    fault_prior_rate: float = 0.2
+    fault_rate_floor: float = 0.1
+    fault_arl_warn_days: float = 1000.0
+    fault_arl_alert_days: float = 10000.0
+    # detector temperature (deg C)
+    temp_warn_low: float = 10.0
+    temp_warn_high: float = 40.0
+    temp_alert_low: float = 5.0
+    temp_alert_high: float = 45.0
+    temp_consecutive: int = 2
+    temp_max_age_days: float = 7.0
+    # service interval
+    service_interval_days: float = 182.0
+    service_interval_exposures: int = 20000
+    service_warn_days: float = 14.0
+    # silence
+    silence_window_days: float = 28.0
+    silence_min_acquisitions: int = 20
+    silence_min_days: int = 3
+    silence_warn_factor: float = 1.5
+    silence_alert_factor: float = 3.0
+    silence_warn_min_h: float = 24.0
+    silence_alert_min_h: float = 72.0
+
+
+@dataclass(slots=True)
+class DeviceHistory:
+    """What the rules need to know about one device; all times aware UTC."""
+
+    first_seen: datetime | None = None
+    last_acquisition: datetime | None = None
+    # (time, DI) of acquisitions after the last maintenance that resets the baseline, oldest first
+    deviation_indices: Sequence[tuple[datetime, float]] = ()
+    # acquisition times in the silence window before the last acquisition, oldest first
+    acquisition_times: Sequence[datetime] = ()
+    # fault codes counted per UTC day ("" for a fault without code)
+    faults: Mapping[date, Mapping[str, int]] = field(default_factory=dict)
+    last_calibration: datetime | None = None
+    # (time, deg C) of recent detector temperature readings, oldest first
+    temperatures: Sequence[tuple[datetime, float]] = ()
+    service_start: datetime | None = None
+    exposures_since_service: int = 0
+    daily_exposure_rate: float = 0.0
+
+
+def assess(history: DeviceHistory, now: datetime, th: Thresholds | None = None) -> Health:
+    """All rules on one device; the overall status is the worst rule's."""
+    th = th or Thresholds()
+    findings = (
+        calibration_rule(history, now, th),
+        drift_rule(history, th),
+        di_absolute_rule(history, th),
+        fault_rule(history, now, th),
+        temperature_rule(history, now, th),
+        service_rule(history, now, th),
+        silence_rule(history, now, th),
+    )
+    worst = max((f.status for f in findings), key=lambda s: s.rank)
+    return Health(worst, findings)
+
+
+def _day(t: datetime | date | None) -> str:
+    if t is None:
+        return "unknown"
+    return t.date().isoformat() if isinstance(t, datetime) else t.isoformat()
+
+
+def _trailing_since(
+    levels: Sequence[Status], times: Sequence[datetime], floor: Status | None = None
+) -> datetime | None:
+    """Start of the trailing run of points at or above ``floor`` (default: the last point's level)."""
+    floor = floor or (levels[-1] if levels else None)
+    if floor is None or floor is Status.OK or levels[-1].rank < floor.rank:
+        return None
+    need = floor.rank
+    i = len(levels) - 1
+    while i > 0 and levels[i - 1].rank >= need:
+        i -= 1
+    return times[i]
+
+
+# --- detector calibration ----------------------------------------------------------------------------
+
+
+def calibration_rule(h: DeviceHistory, now: datetime, th: Thresholds) -> Finding:
+    """Detector calibration older than the interval (dates from DateOfLastDetectorCalibration,
+    DateOfLastCalibration, sidecar ``calibration`` events and maintenance records)."""
+    if h.last_calibration is None:
+        return Finding("calibration", Status.OK, "no calibration date known")
+    age = (now - h.last_calibration).total_seconds() / 86400
+    last = _day(h.last_calibration)
+    for limit, status in ((th.calibration_alert_days, Status.ALERT), (th.calibration_warn_days, Status.WARN)):
+        if age > limit:
+            since = h.last_calibration + timedelta(days=limit)
+            text = f"detector calibration overdue: last calibrated {last}, {age:.0f} days ago"
+            text += f" (limit {limit:.0f})"
+            return Finding("calibration", status, f"{text}, since {_day(since)}", since)
+    return Finding("calibration", Status.OK, f"detector calibrated {last} ({age:.0f} days ago)")
+
+
+# --- exposure-index drift ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EwmaChart:
+    mean: float
+    sigma: float
+    z: list[float]
+    limits: list[float]
+    levels: list[Status]
+
+
+def ewma_chart(values: Sequence[float], th: Thresholds) -> EwmaChart | None:
+    """EWMA of the deviation index against the device's own baseline (first ``baseline_n`` values).
+
+    Limits are mean ± L·σ·sqrt(λ/(2-λ)·(1-(1-λ)^2i) + 1/n) (Montgomery, Introduction to Statistical
+    Quality Control, 9.2; the 1/n term carries the uncertainty of a baseline mean estimated from n
+    points), taken from the device's own spread as AAPM TG-232 takes DI action limits from the site's
+    own DI distribution. A point is out when beyond the limit and at least ``drift_warn_shift`` DI
+    from the baseline mean (WARN) or ``drift_alert_shift`` (ALERT; 1 DI is a 26% change of detector
+    dose, half the width of the TG-116 target band), and the chart signals once ``drift_persist``
+    points in a row are out. Returns None while the baseline is being learned.
+    """
+    n = th.baseline_n
+    if len(values) <= n:
+        return None
+    base = values[:n]
+    mean = statistics.fmean(base)
+    sigma = max(statistics.stdev(base), th.sigma_floor)
+    lam = th.ewma_lambda
+    z, zs, limits, levels = mean, [], [], []
+    for i, x in enumerate(values[n:], start=1):
+        z = lam * x + (1 - lam) * z
+        width = th.ewma_l * sigma * math.sqrt(lam / (2 - lam) * (1 - (1 - lam) ** (2 * i)) + 1 / n)
+        shift = abs(z - mean)
+        if shift > max(width, th.drift_alert_shift):
+            level = Status.ALERT
+        elif shift > max(width, th.drift_warn_shift):
+            level = Status.WARN
+        else:
+            level = Status.OK
+        zs.append(z)
+        limits.append(width)
+        levels.append(level)
+    return EwmaChart(mean, sigma, zs, limits, _persisting(levels, th.drift_persist))
+
+
+def _persisting(levels: list[Status], m: int) -> list[Status]:
+    """Each point's level as the lowest of the last ``m`` points: a level counts once it persists."""
+    return (
+        [
+            min(levels[i - m + 1 : i + 1], key=lambda s: s.rank) if i >= m - 1 else Status.OK
+            for i in range(len(levels))
+        ]
+        if m > 1
+        else levels
+    )
+
+
+def drift_rule(h: DeviceHistory, th: Thresholds) -> Finding:
+    values = [di for _, di in h.deviation_indices]
+    chart = ewma_chart(values, th)
+    if chart is None:
+        return Finding(
+            "ei_drift", Status.OK, f"learning the exposure-index baseline ({len(values)}/{th.baseline_n})"
+        )
+    times = [t for t, _ in h.deviation_indices[th.baseline_n :]]
+    status = chart.levels[-1]
+    z = chart.z[-1]
+    words = f"EWMA of deviation index {z:+.2f} vs baseline {chart.mean:+.2f} (limit ±{chart.limits[-1]:.2f})"
+    if status is Status.OK:
+        return Finding("ei_drift", Status.OK, f"exposure index stable: {words}")
+    since = _trailing_since(chart.levels, times)
+    direction = "over" if z > chart.mean else "under"
+    text = f"exposure index drifting ({direction}exposure): {words}, since {_day(since)}"
+    return Finding("ei_drift", status, text, since)
+
+
+def di_absolute_rule(h: DeviceHistory, th: Thresholds) -> Finding:
+    """|DI| > 3 sustained: at least ``di_alert_count`` (ALERT) or ``di_warn_count`` (WARN) of the last
+    ``di_window`` acquisitions beyond +3 (or all beyond -3); AAPM TG-116 table II asks for action
+    beyond ±3 DI, and the window keeps one mispositioned patient from raising it."""
+    pts = h.deviation_indices
+    levels: list[Status] = []
+    high: list[bool] = []
+    low: list[bool] = []
+    for _, di in pts:
+        high.append(di > th.di_limit)
+        low.append(di < -th.di_limit)
+        over = sum(high[-th.di_window :])
+        under = sum(low[-th.di_window :])
+        worst = max(over, under)
+        levels.append(
+            Status.ALERT
+            if worst >= th.di_alert_count
+            else Status.WARN
+            if worst >= th.di_warn_count
+            else Status.OK
+        )
+    if not levels or levels[-1] is Status.OK:
+        return Finding("di_absolute", Status.OK, f"deviation index within ±{th.di_limit:g}")
+    window = [di for _, di in pts[-th.di_window :]]
+    count = max(sum(d > th.di_limit for d in window), sum(d < -th.di_limit for d in window))
+    since = _trailing_since(levels, [t for t, _ in pts])
+    text = (
+        f"deviation index beyond ±{th.di_limit:g} in {count} of the last {len(window)} acquisitions "
+        f"(latest {window[-1]:+.1f}), since {_day(since)}"
+    )
+    return Finding("di_absolute", levels[-1], text, since)
+
+
+# --- fault rate --------------------------------------------------------------------------------------
+
+_GRID = 20  # CUSUM grid steps per fault (Brook & Evans 1972 Markov-chain ARL)
+
+
+def cusum_arl(lam: float, k_steps: int, n_states: int) -> float:
+    """Average run length of a Poisson CUSUM with reference k and decision interval h, both in grid
+    steps of 1/_GRID fault, by the Markov-chain method of Brook & Evans (Biometrika 1972)."""
+    max_x = (n_states + k_steps) // _GRID + 2
+    xs = np.arange(max_x + 1)
+    log_pmf = xs * math.log(lam) - lam - np.array([math.lgamma(x + 1) for x in xs])
+    pmf = np.exp(log_pmf)
+    p = np.zeros((n_states, n_states))
+    rows = np.arange(n_states)
+    for x, px in zip(xs, pmf, strict=True):
+        j = rows + x * _GRID - k_steps
+        keep = j < n_states
+        np.add.at(p, (rows[keep], np.maximum(j[keep], 0)), px)
+    arl = np.linalg.solve(np.eye(n_states) - p, np.ones(n_states))
+    return float(arl[0])
+
+
+@lru_cache(maxsize=256)
+def decision_interval(lam0: float, k_steps: int, arl0: float) -> int:
+    """Smallest decision interval (grid steps) whose in-control ARL is at least ``arl0`` days."""
+    lo, hi = 1, _GRID
+    while cusum_arl(lam0, k_steps, hi) < arl0:
+        lo, hi = hi, hi * 2
+        if hi > 4000:
+            return hi
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if cusum_arl(lam0, k_steps, mid) >= arl0:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def fault_baseline(h: DeviceHistory, window_start: date, first_day: date, th: Thresholds) -> float:
+    """Faults per day before the CUSUM window (at most ``fault_baseline_days``); a prior when short."""
+    start = max(first_day, window_start - timedelta(days=th.fault_baseline_days))
+    days = (window_start - start).days
+    if days < th.fault_min_baseline_days:
+        return th.fault_prior_rate
+    total = sum(sum(c.values()) for d, c in h.faults.items() if start <= d < window_start)
+    return max(total / days, th.fault_rate_floor)
+
+
+def fault_rule(h: DeviceHistory, now: datetime, th: Thresholds) -> Finding:
+    """Poisson CUSUM (Lucas, Technometrics 1985) on faults per day over the last
+    ``fault_window_days`` against the device's own earlier rate λ0, tuned to detect λ1 =
+    max(2·λ0, λ0+1); decision intervals give in-control ARLs of 1000 days (WARN) and 10000 (ALERT)."""
+    today = now.date()
+    first_day = min([*h.faults, *([h.first_seen.date()] if h.first_seen else [])], default=today)
+    window_start = max(first_day, today - timedelta(days=th.fault_window_days - 1))
+    # baseline rate on a 5% log grid: decision intervals are cached per grid value
+    lam0 = math.exp(round(math.log(fault_baseline(h, window_start, first_day, th)) / 0.05) * 0.05)
+    lam1 = max(2 * lam0, lam0 + 1)
+    k_steps = round((lam1 - lam0) / math.log(lam1 / lam0) * _GRID)
+    h_warn = decision_interval(lam0, k_steps, th.fault_arl_warn_days)
+    h_alert = decision_interval(lam0, k_steps, th.fault_arl_alert_days)
+    s = 0
+    levels: list[Status] = []
+    days: list[date] = []
+    onset = window_start  # first day of the CUSUM's current excursion: the estimated change point
+    d = window_start
+    while d <= today:
+        s = max(0, s + sum(h.faults.get(d, {}).values()) * _GRID - k_steps)
+        if s == 0:
+            onset = d + timedelta(days=1)
+        levels.append(Status.ALERT if s >= h_alert else Status.WARN if s >= h_warn else Status.OK)
+        days.append(d)
+        d += timedelta(days=1)
+    recent = sum(sum(h.faults.get(x, {}).values()) for x in days)
+    if levels[-1] is Status.OK:
+        text = f"fault rate normal: {recent} fault(s) in {len(days)} day(s) (baseline {lam0:.2f}/day)"
+        return Finding("fault_rate", Status.OK, text)
+    since_day = _trailing_since(levels, [datetime.combine(x, time(), now.tzinfo) for x in days])
+    codes: Counter[str] = Counter()
+    for x in days:
+        if x >= onset:
+            codes.update(h.faults.get(x, {}))
+    named = ", ".join(f"{c or 'no code'} x{n}" for c, n in codes.most_common(5))
+    limit = (h_alert if levels[-1] is Status.ALERT else h_warn) / _GRID
+    text = (
+        f"fault rate up: {codes.total()} faults since {onset.isoformat()} vs baseline {lam0:.2f}/day "
+        f"(Poisson CUSUM {s / _GRID:.1f} >= {limit:.1f}); faults {named}; since {_day(since_day or now)}"
+    )
+    return Finding("fault_rate", levels[-1], text, since_day)
+
+
+# --- detector temperature ----------------------------------------------------------------------------
+
+
+def temperature_rule(h: DeviceHistory, now: datetime, th: Thresholds) -> Finding:
+    """The last ``temp_consecutive`` readings (DetectorTemperature or sidecar telemetry, at most
+    ``temp_max_age_days`` old) all outside the operating range."""
+    recent = [(t, v) for t, v in h.temperatures if now - t <= timedelta(days=th.temp_max_age_days)]
+    if len(recent) < th.temp_consecutive:
+        return Finding("temperature", Status.OK, "no recent detector temperature")
+
+    def level(v: float) -> Status:
+        if not th.temp_alert_low <= v <= th.temp_alert_high:
+            return Status.ALERT
+        if not th.temp_warn_low <= v <= th.temp_warn_high:
+            return Status.WARN
+        return Status.OK
+
+    levels = [level(v) for _, v in recent]
+    status = min(levels[-th.temp_consecutive :], key=lambda s: s.rank)
+    last = recent[-1][1]
+    if status is Status.OK:
+        return Finding("temperature", Status.OK, f"detector temperature {last:.1f} °C")
+    since = _trailing_since(levels, [t for t, _ in recent], floor=status)
+    lo, hi = (
+        (th.temp_alert_low, th.temp_alert_high)
+        if status is Status.ALERT
+        else (th.temp_warn_low, th.temp_warn_high)
+    )
+    text = f"detector temperature {last:.1f} °C outside {lo:g}-{hi:g} °C, since {_day(since)}"
+    return Finding("temperature", status, text, since)
+
+
+# --- service interval --------------------------------------------------------------------------------
+
+
+def next_service_due(h: DeviceHistory, now: datetime, th: Thresholds) -> tuple[datetime, str] | None:
+    """The earlier of start + interval and the day the exposure count reaches the interval at the
+    recent daily rate; None when the device has no history."""
+    start = h.service_start or h.first_seen
+    if start is None:
+        return None
+    by_time = start + timedelta(days=th.service_interval_days)
+    remaining = th.service_interval_exposures - h.exposures_since_service
+    if h.daily_exposure_rate > 0:
+        by_use = now + timedelta(days=remaining / h.daily_exposure_rate)
+        if by_use < by_time:
+            return by_use, f"{h.exposures_since_service} of {th.service_interval_exposures} exposures"
+    elif remaining <= 0:
+        return now, f"{h.exposures_since_service} of {th.service_interval_exposures} exposures"
+    return by_time, f"{th.service_interval_days:.0f}-day interval from {_day(start)}"
+
+
+def service_rule(h: DeviceHistory, now: datetime, th: Thresholds) -> Finding:
+    due = next_service_due(h, now, th)
+    if due is None:
+        return Finding("service", Status.OK, "no usage recorded yet")
+    when, basis = due
+    if when <= now:
+        return Finding("service", Status.ALERT, f"maintenance overdue since {_day(when)} ({basis})", when)
+    warn_from = when - timedelta(days=th.service_warn_days)
+    if warn_from <= now:
+        return Finding("service", Status.WARN, f"maintenance due {_day(when)} ({basis})", warn_from)
+    return Finding("service", Status.OK, f"next maintenance due {_day(when)} ({basis})")
+
+
+# --- silence -----------------------------------------------------------------------------------------
+
+
+def silence_rule(h: DeviceHistory, now: datetime, th: Thresholds) -> Finding:
+    """A device that usually sends (at least ``silence_min_acquisitions`` on ``silence_min_days``
+    days in the window before its last acquisition) and has been quiet for longer than its own
+    longest usual gap times a factor (and at least 24 h / 72 h)."""
+    last = h.last_acquisition
+    times = sorted(h.acquisition_times)
+    if last is None or len(times) < th.silence_min_acquisitions:
+        return Finding("silence", Status.OK, "not enough history to judge silence")
+    if len({t.date() for t in times}) < th.silence_min_days:
+        return Finding("silence", Status.OK, "not enough history to judge silence")
+    longest = max((b - a for a, b in zip(times, times[1:], strict=False)), default=timedelta(0))
+    gap = now - last
+    limits = (
+        (Status.ALERT, max(longest * th.silence_alert_factor, timedelta(hours=th.silence_alert_min_h))),
+        (Status.WARN, max(longest * th.silence_warn_factor, timedelta(hours=th.silence_warn_min_h))),
+    )
+    for status, limit in limits:
+        if gap > limit:
+            hours = gap.total_seconds() / 3600
+            text = (
+                f"silent: no image for {hours:.0f} h (usual longest gap "
+                f"{longest.total_seconds() / 3600:.1f} h), since {last.isoformat(timespec='minutes')}"
+            )
+            return Finding("silence", status, text, last)
+    return Finding("silence", Status.OK, f"last image {last.isoformat(timespec='minutes')}")

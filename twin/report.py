@@ -1,0 +1,297 @@
+"""Read side of the twin: what the health rules need, and what admins read (CLI, API).
+
+Everything here only reads, so the commands can run while the node serves (WAL readers do not
+block the writer).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+import sqlite_utils
+
+from twin.db import from_iso, iso, one, rows
+from twin.health import DeviceHistory, Health, Thresholds, assess, next_service_due
+
+MAINTENANCE_KINDS = ("preventive", "corrective", "calibration", "qc", "software", "other")
+# maintenance after which the exposure-index baseline is learned again (the device was changed)
+REBASELINE_KINDS = ("preventive", "corrective", "calibration")
+# maintenance that restarts the service interval
+SERVICE_KINDS = ("preventive",)
+
+
+def _in(kinds: tuple[str, ...]) -> str:
+    return "(" + ", ".join(f"'{k}'" for k in kinds) + ")"
+
+
+def _midnight(d: str | None) -> datetime | None:
+    if not d:
+        return None
+    try:
+        return datetime.combine(date.fromisoformat(d[:10]), time(), UTC)
+    except ValueError:
+        return None
+
+
+def rebaseline_point(db: sqlite_utils.Database, device_id: int, now: datetime) -> str | None:
+    row = one(
+        db,
+        f"SELECT max(at) AS at FROM twin_maintenance WHERE device_id = ? AND at <= ? "
+        f"AND kind IN {_in(REBASELINE_KINDS)}",
+        [device_id, iso(now)],
+    )
+    return row["at"] if row else None
+
+
+def baseline_instances_sql(limit: int) -> str:
+    """The first ``limit`` DI-bearing acquisitions after the rebaseline point (kept by retention)."""
+    return (
+        "SELECT sop_instance_uid FROM twin_acquisitions WHERE device_id = :device "
+        "AND deviation_index IS NOT NULL "
+        f"AND at >= :after ORDER BY at, sop_instance_uid LIMIT {int(limit)}"
+    )
+
+
+def history(db: sqlite_utils.Database, device_id: int, now: datetime, th: Thresholds) -> DeviceHistory:
+    """Gather what :func:`twin.health.assess` needs for one device, as of ``now``."""
+    stamp = iso(now)
+    dev = one(db, "SELECT * FROM twin_devices WHERE id = ?", [device_id]) or {}
+    after = rebaseline_point(db, device_id, now) or ""
+    di = rows(
+        db,
+        "SELECT at, deviation_index FROM twin_acquisitions WHERE device_id = ? "
+        "AND deviation_index IS NOT NULL "
+        "AND at >= ? AND at <= ? ORDER BY at, sop_instance_uid",
+        [device_id, after, stamp],
+    )
+    last = one(
+        db, "SELECT max(at) AS at FROM twin_acquisitions WHERE device_id = ? AND at <= ?", [device_id, stamp]
+    )
+    last_at = from_iso(last["at"]) if last else None
+    times: list[str] = []
+    if last and last_at:
+        window = iso(last_at - timedelta(days=th.silence_window_days))
+        times = [
+            r["at"]
+            for r in rows(
+                db,
+                "SELECT at FROM twin_acquisitions WHERE device_id = ? AND at >= ? AND at <= ? ORDER BY at",
+                [device_id, window, last["at"]],
+            )
+        ]
+    fault_from = iso(now - timedelta(days=th.fault_window_days + th.fault_baseline_days + 1))
+    faults: dict[date, dict[str, int]] = defaultdict(dict)
+    for r in rows(
+        db,
+        "SELECT substr(at, 1, 10) AS day, coalesce(code, '') AS code, count(*) AS n FROM twin_events "
+        "WHERE device_id = ? AND kind = 'fault' AND at >= ? AND at <= ? GROUP BY day, code",
+        [device_id, fault_from, stamp],
+    ):
+        faults[date.fromisoformat(r["day"])][r["code"]] = r["n"]
+    temp_from = iso(now - timedelta(days=th.temp_max_age_days))
+    temps = rows(
+        db,
+        "SELECT at, detector_temperature AS t FROM twin_acquisitions WHERE device_id = ? "
+        "AND at >= ? AND at <= ? "
+        "AND detector_temperature IS NOT NULL "
+        "UNION ALL SELECT at, json_extract(values_json, '$.detector_temperature') AS t FROM twin_events "
+        "WHERE device_id = ? AND kind = 'telemetry' AND at >= ? AND at <= ? "
+        "AND json_extract(values_json, '$.detector_temperature') IS NOT NULL ORDER BY at",
+        [device_id, temp_from, stamp, device_id, temp_from, stamp],
+    )
+    service = one(
+        db,
+        f"SELECT max(at) AS at FROM twin_maintenance WHERE device_id = ? AND at <= ? "
+        f"AND kind IN {_in(SERVICE_KINDS)}",
+        [device_id, stamp],
+    )
+    service_start = from_iso(service["at"] if service else None) or from_iso(dev.get("first_seen"))
+    used = one(
+        db,
+        "SELECT coalesce(sum(acquisitions), 0) AS n FROM twin_daily WHERE device_id = ? AND day >= ?",
+        [device_id, iso(service_start)[:10] if service_start else ""],
+    )
+    recent_from = (now - timedelta(days=30)).date().isoformat()
+    recent = one(
+        db,
+        "SELECT coalesce(sum(acquisitions), 0) AS n FROM twin_daily WHERE device_id = ? "
+        "AND day >= ? AND day <= ?",
+        [device_id, recent_from, stamp[:10]],
+    )
+    first_seen = from_iso(dev.get("first_seen"))
+    span_days = min(30.0, max(1.0, (now - first_seen).total_seconds() / 86400)) if first_seen else 30.0
+    return DeviceHistory(
+        first_seen=first_seen,
+        last_acquisition=last_at,
+        deviation_indices=[(from_iso(r["at"]), r["deviation_index"]) for r in di],  # type: ignore[misc]
+        acquisition_times=[from_iso(t) for t in times],  # type: ignore[misc]
+        faults=dict(faults),
+        last_calibration=last_calibration(db, device_id, now),
+        temperatures=[(from_iso(r["at"]), float(r["t"])) for r in temps],  # type: ignore[misc]
+        service_start=service_start,
+        exposures_since_service=int(used["n"]) if used else 0,
+        daily_exposure_rate=(recent["n"] if recent else 0) / span_days,
+    )
+
+
+def last_calibration(db: sqlite_utils.Database, device_id: int, now: datetime) -> datetime | None:
+    """Latest of DateOfLastDetectorCalibration (else DateOfLastCalibration) in the headers, sidecar
+    ``calibration`` events and ``calibration`` maintenance records."""
+    stamp = iso(now)
+    acq = (
+        one(
+            db,
+            "SELECT max(detector_calibrated_on) AS det, max(device_calibrated_on) AS dev "
+            "FROM twin_acquisitions "
+            "WHERE device_id = ? AND at <= ?",
+            [device_id, stamp],
+        )
+        or {}
+    )
+    ev = (
+        one(
+            db,
+            "SELECT max(at) AS at FROM twin_events WHERE device_id = ? AND kind = 'calibration' AND at <= ?",
+            [device_id, stamp],
+        )
+        or {}
+    )
+    mt = (
+        one(
+            db,
+            "SELECT max(at) AS at FROM twin_maintenance WHERE device_id = ? "
+            "AND kind = 'calibration' AND at <= ?",
+            [device_id, stamp],
+        )
+        or {}
+    )
+    found = [
+        _midnight(acq.get("det")) or _midnight(acq.get("dev")),
+        from_iso(ev.get("at")),
+        from_iso(mt.get("at")),
+    ]
+    return max((t for t in found if t is not None), default=None)
+
+
+# --- what admins read --------------------------------------------------------------------------------
+
+
+def current_config(db: sqlite_utils.Database, device_id: int) -> dict[str, Any] | None:
+    return one(
+        db, "SELECT * FROM twin_config WHERE device_id = ? ORDER BY since DESC, id DESC LIMIT 1", [device_id]
+    )
+
+
+def counts(db: sqlite_utils.Database, device_id: int) -> tuple[int, int]:
+    """(acquisitions, fault events); acquisitions from the rollups so retention does not lower it."""
+    acq = one(
+        db, "SELECT coalesce(sum(acquisitions), 0) AS n FROM twin_daily WHERE device_id = ?", [device_id]
+    )
+    flt = one(db, "SELECT count(*) AS n FROM twin_events WHERE device_id = ? AND kind = 'fault'", [device_id])
+    return int(acq["n"] if acq else 0), int(flt["n"] if flt else 0)
+
+
+def summary(
+    db: sqlite_utils.Database,
+    dev: dict[str, Any],
+    now: datetime,
+    th: Thresholds,
+    health: Health | None = None,
+) -> dict[str, Any]:
+    """One device as `devices --json` lists it."""
+    acquisitions, faults = counts(db, dev["id"])
+    cfg = current_config(db, dev["id"]) or {}
+    health = health or assess(history(db, dev["id"], now, th), now, th)
+    return {
+        "id": dev["id"],
+        "key": dev["key"],
+        "manufacturer": dev["manufacturer"],
+        "model": dev["model"],
+        "serial": dev["serial"],
+        "station": dev["station"],
+        "institution": dev["institution"],
+        "department": dev["department"],
+        "software_versions": cfg.get("software_versions"),
+        "first_seen": dev["first_seen"],
+        "last_seen": dev["last_seen"],
+        "acquisitions": acquisitions,
+        "faults": faults,
+        "health": {"status": health.status.value, "reasons": health.reasons, "since": _opt_iso(health.since)},
+    }
+
+
+def _opt_iso(dt: datetime | None) -> str | None:
+    return iso(dt) if dt else None
+
+
+def _config_view(row: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in row.items() if k not in ("device_id", "changes")}
+    out["changes"] = json.loads(row["changes"] or "[]")
+    return out
+
+
+def record(db: sqlite_utils.Database, dev: dict[str, Any], now: datetime, th: Thresholds) -> dict[str, Any]:
+    """The whole twin of one device: identity, configuration and its history, usage per day,
+    faults, maintenance and health with reasons."""
+    device_id = dev["id"]
+    hist = history(db, device_id, now, th)
+    health = assess(hist, now, th)
+    base = summary(db, dev, now, th, health)
+    due = next_service_due(hist, now, th)
+    configs = rows(db, "SELECT * FROM twin_config WHERE device_id = ? ORDER BY since, id", [device_id])
+    usage = rows(
+        db,
+        "SELECT day, acquisitions, faults, warnings, events, "
+        "CASE WHEN di_n > 0 THEN round(di_sum / di_n, 2) END AS mean_di, round(dap_sum, 3) AS dap_sum, "
+        "round(mas_sum, 2) AS mas_sum FROM twin_daily WHERE device_id = ? ORDER BY day",
+        [device_id],
+    )
+    faults = rows(
+        db,
+        "SELECT at, code, message, values_json, file, line_no FROM twin_events WHERE device_id = ? "
+        "AND kind = 'fault' ORDER BY at DESC LIMIT 200",
+        [device_id],
+    )
+    for f in faults:
+        f["values"] = json.loads(f.pop("values_json") or "{}")
+    events = {
+        r["kind"]: r["n"]
+        for r in rows(
+            db, "SELECT kind, count(*) AS n FROM twin_events WHERE device_id = ? GROUP BY kind", [device_id]
+        )
+    }
+    plates = rows(
+        db,
+        "SELECT coalesce(plate_id, cassette_id) AS plate, count(*) AS n FROM twin_acquisitions "
+        "WHERE device_id = ? AND coalesce(plate_id, cassette_id) IS NOT NULL GROUP BY plate ORDER BY plate",
+        [device_id],
+    )
+    latest = one(
+        db,
+        "SELECT * FROM twin_acquisitions WHERE device_id = ? ORDER BY at DESC LIMIT 1",
+        [device_id],
+    )
+    maintenance = rows(
+        db,
+        "SELECT id, at, kind, note, source, recorded_at FROM twin_maintenance "
+        "WHERE device_id = ? ORDER BY at",
+        [device_id],
+    )
+    base.update(
+        device_uid=dev["device_uid"],
+        configuration=_config_view(configs[-1]) if configs else None,
+        configuration_history=[_config_view(r) for r in sorted(configs, key=lambda r: (r["since"], r["id"]))],
+        plates=plates,
+        latest_acquisition=latest,
+        usage_per_day=usage,
+        events=events,
+        fault_events=faults,
+        maintenance=maintenance,
+        last_calibration=_opt_iso(hist.last_calibration),
+        next_maintenance_due=_opt_iso(due[0]) if due else None,
+        health=health.as_dict(),
+    )
+    return base

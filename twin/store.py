@@ -1,0 +1,453 @@
+"""The device twin's public API over the node's shared SQLite database.
+
+``TwinStore(connect)`` takes a callable returning the calling thread's ``sqlite_utils.Database``
+(one WAL file shared by the node's threads) and asks for it in every call, so one store serves
+the worker, the scheduler's jobs and the commands. Every write is idempotent: recording the same
+SOP Instance UID twice, or ingesting a sidecar line already read, changes nothing, so the node may
+redo a step after a crash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+from pydicom.dataset import Dataset
+
+from twin import registry, report, sidecar
+from twin.db import Connect, aware, bump, ensure_schema, insert, iso, one, rows, utcnow, writing
+from twin.headers import DeviceIdentity, InstanceHeaders, read_headers
+from twin.health import Health, Thresholds, assess
+
+log = logging.getLogger(__name__)
+
+MAINTENANCE_KINDS = report.MAINTENANCE_KINDS
+
+
+@dataclass(slots=True)
+class IngestStats:
+    """What one sidecar pass did; counts only, never line contents."""
+
+    files: int = 0
+    lines: int = 0
+    events: int = 0
+    quarantined: int = 0
+    devices_created: int = 0
+    rotated: int = 0
+    truncated: int = 0
+    moved: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class TwinStore:
+    """Identity, configuration, usage, events, maintenance and health of every device."""
+
+    def __init__(self, connect: Connect, thresholds: Thresholds | None = None) -> None:
+        self._connect = connect
+        self.thresholds = thresholds or Thresholds()
+        ensure_schema(connect())
+
+    # --- headers -------------------------------------------------------------------------------------
+
+    def record_instance(self, ds: Dataset, received_at: datetime | None = None) -> int:
+        """Record one received instance (any body part); returns the device id.
+
+        Idempotent on SOP Instance UID: a second call for the same instance changes nothing.
+        """
+        headers = read_headers(ds)
+        received = aware(received_at) if received_at else utcnow()
+        uid = headers.usage.sop_instance_uid or _fallback_uid(headers)
+        db = self._connect()
+        with writing(db):
+            seen = one(db, "SELECT device_id FROM twin_acquisitions WHERE sop_instance_uid = ?", [uid])
+            if seen:
+                return int(seen["device_id"])
+            at = headers.usage.acquired_at or received
+            device_id, created = registry.resolve(db, headers.identity, at, "headers")
+            config_id = registry.record_configuration(db, device_id, headers.configuration, at, uid)
+            self._insert_acquisition(db, uid, device_id, config_id, headers, at, received)
+            db.execute(
+                "UPDATE twin_devices SET last_acquisition = max(coalesce(last_acquisition, ''), ?) "
+                "WHERE id = ?",
+                [iso(at), device_id],
+            )
+        if created:
+            log.info("twin: new device %s (key %s)", device_id, headers.identity.key)
+        return device_id
+
+    @staticmethod
+    def _insert_acquisition(
+        db: sqlite_utils.Database,
+        uid: str,
+        device_id: int,
+        config_id: int,
+        headers: InstanceHeaders,
+        at: datetime,
+        received: datetime,
+    ) -> None:
+        u = headers.usage
+        row: dict[str, Any] = asdict(u)
+        row.update(
+            sop_instance_uid=uid,
+            device_id=device_id,
+            config_id=config_id,
+            at=iso(at),
+            acquired_at=iso(u.acquired_at) if u.acquired_at else None,
+            received_at=iso(received),
+            deviation_index_computed=int(u.deviation_index_computed),
+            detector_calibrated_on=_day(u.detector_calibrated_on),
+            device_calibrated_on=_day(u.device_calibrated_on),
+        )
+        db.table("twin_acquisitions").insert(row)
+        di = u.deviation_index
+        bump(
+            db,
+            device_id,
+            iso(at)[:10],
+            acquisitions=1,
+            di_n=int(di is not None),
+            di_sum=di or 0.0,
+            di_sumsq=(di or 0.0) ** 2,
+            dap_sum=u.dap or 0.0,
+            mas_sum=u.mas or 0.0,
+        )
+
+    # --- sidecar -------------------------------------------------------------------------------------
+
+    def ingest_sidecar(self, directory: Path, settle_s: float = 30.0, batch: int = 500) -> IngestStats:
+        """Read new lines of every sidecar log under ``directory``; bad lines go to quarantine.
+
+        Events and the file offset are committed together, batch by batch, so each line is read
+        once even across crashes; a renamed file resumes where it was, a rotated, truncated or
+        rewritten one is read from its start.
+        """
+        stats = IngestStats()
+        directory = Path(directory)
+        db = self._connect()
+        saved = {
+            r["path"]: sidecar.Saved(**{k: r[k] for k in sidecar.Saved.__slots__})
+            for r in rows(db, "SELECT * FROM twin_sidecar_files")
+        }
+        by_inode = {(s.dev, s.inode): s for s in saved.values()}
+        present = []
+        for path in sidecar.discover(directory):
+            name = path.relative_to(directory).as_posix()
+            present.append(name)
+            try:
+                self._ingest_file(db, path, name, saved, by_inode, stats, settle_s, batch)
+            except OSError as exc:
+                log.warning("twin: sidecar file %s unreadable: %s", name, exc.strerror or exc)
+        gone = [p for p in saved if p not in present]
+        if gone:
+            with writing(db):
+                db.execute(
+                    f"DELETE FROM twin_sidecar_files WHERE path IN ({', '.join('?' * len(gone))})", gone
+                )
+        if stats.lines:
+            log.info("twin: sidecar %s", stats.as_dict())
+        return stats
+
+    def _ingest_file(
+        self,
+        db: sqlite_utils.Database,
+        path: Path,
+        name: str,
+        saved: dict[str, sidecar.Saved],
+        by_inode: dict[tuple[int, int], sidecar.Saved],
+        stats: IngestStats,
+        settle_s: float,
+        batch: int,
+    ) -> None:
+        st = path.stat()
+        moved = by_inode.get((st.st_dev, st.st_ino))
+        moved = moved if moved is not None and moved.path != name else None
+        offset, line_no, what = sidecar.resume_point(path, st, saved.get(name), moved)
+        stats.files += 1
+        if what in ("rotated", "truncated", "moved"):
+            setattr(stats, what, getattr(stats, what) + 1)
+            log.info("twin: sidecar file %s %s", name, what)
+        is_csv = path.suffix.lower() == ".csv"
+        header: list[str] | None = None
+        header_error: str | None = None
+        if is_csv and offset > 0:
+            try:
+                header = sidecar.csv_header(sidecar.first_line(path))
+            except sidecar.BadLine as exc:
+                header_error = str(exc)
+        while True:
+            lines = sidecar.read_lines(path, offset, line_no, max_lines=batch, settle_s=settle_s)
+            if not lines:
+                break
+            with writing(db):
+                for line in lines:
+                    if is_csv and line.number == 1:
+                        try:
+                            header = sidecar.csv_header(line.text)
+                        except sidecar.BadLine as exc:
+                            header_error = str(exc)
+                            self._quarantine(db, name, line, str(exc), stats)
+                        continue
+                    if not (line.text or "").strip() and line.error is None:
+                        continue
+                    stats.lines += 1
+                    self._ingest_line(db, name, line, header, header_error, stats)
+                offset, line_no = lines[-1].end, lines[-1].number
+                head_len = min(offset, sidecar.HEAD_BYTES)
+                db.table("twin_sidecar_files").upsert(
+                    {
+                        "path": name,
+                        "dev": st.st_dev,
+                        "inode": st.st_ino,
+                        "offset": offset,
+                        "line_no": line_no,
+                        "head": sidecar.head_hash(path, head_len),
+                        "head_len": head_len,
+                        "updated_at": iso(utcnow()),
+                    },
+                    pk="path",
+                )
+            if len(lines) < batch:
+                break
+
+    def _ingest_line(
+        self,
+        db: sqlite_utils.Database,
+        name: str,
+        line: sidecar.Line,
+        header: list[str] | None,
+        header_error: str | None,
+        stats: IngestStats,
+    ) -> None:
+        if line.error or line.text is None:
+            self._quarantine(db, name, line, line.error or "unreadable", stats)
+            return
+        try:
+            if header is not None:
+                event = sidecar.parse_csv(header, line.text)
+            elif name.lower().endswith(".csv"):
+                raise sidecar.BadLine(header_error or "CSV: no valid header line")
+            else:
+                event = sidecar.parse_jsonl(line.text)
+            ident = DeviceIdentity(**{k: event.device.get(k) for k in sidecar.DEVICE_FIELDS})
+            if not (ident.serial or ident.station) and not registry.match(db, ident):
+                raise sidecar.BadLine("device: no serial or station, and no known device with that model")
+            device_id, created = registry.resolve(db, ident, event.time, "sidecar", strict=True)
+        except (sidecar.BadLine, registry.AmbiguousDevice) as exc:
+            self._quarantine(db, name, line, str(exc), stats)
+            return
+        stats.devices_created += int(created)
+        self._insert_event(db, device_id, event, name, line.number)
+        stats.events += 1
+
+    @staticmethod
+    def _insert_event(
+        db: sqlite_utils.Database, device_id: int, event: sidecar.Event, name: str, no: int
+    ) -> None:
+        at = iso(event.time)
+        db.table("twin_events").insert(
+            {
+                "device_id": device_id,
+                "at": at,
+                "kind": event.kind,
+                "code": event.code,
+                "message": event.message,
+                "values_json": json.dumps(event.values),
+                "file": name,
+                "line_no": no,
+            }
+        )
+        if event.kind == "maintenance":
+            kind = event.code if event.code in MAINTENANCE_KINDS else "other"
+            db.table("twin_maintenance").insert(
+                {
+                    "device_id": device_id,
+                    "at": at,
+                    "kind": kind,
+                    "note": event.message,
+                    "source": f"sidecar {name}:{no}",
+                    "recorded_at": iso(utcnow()),
+                }
+            )
+        bump(
+            db,
+            device_id,
+            at[:10],
+            events=1,
+            faults=int(event.kind == "fault"),
+            warnings=int(event.kind == "warning"),
+        )
+
+    @staticmethod
+    def _quarantine(
+        db: sqlite_utils.Database, name: str, line: sidecar.Line, reason: str, stats: IngestStats
+    ) -> None:
+        stats.quarantined += 1
+        db.table("twin_quarantine").insert(
+            {
+                "file": name,
+                "line_no": line.number,
+                "reason": reason[:300],
+                "excerpt": (line.text or "")[:200],
+                "recorded_at": iso(utcnow()),
+            }
+        )
+
+    def quarantine(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Latest quarantined sidecar lines with file, line number and reason."""
+        return rows(self._connect(), "SELECT * FROM twin_quarantine ORDER BY id DESC LIMIT ?", [limit])
+
+    def quarantine_count(self) -> int:
+        row = one(self._connect(), "SELECT count(*) AS n FROM twin_quarantine")
+        return int(row["n"]) if row else 0
+
+    # --- maintenance ---------------------------------------------------------------------------------
+
+    def add_maintenance(self, device_id: int, kind: str, note: str, at: datetime | None = None) -> int:
+        """Record a maintenance action; ``preventive``, ``corrective`` and ``calibration`` restart the
+        exposure-index baseline, ``preventive`` the service interval. Returns the record id."""
+        if kind not in MAINTENANCE_KINDS:
+            raise ValueError(f"kind: one of {', '.join(MAINTENANCE_KINDS)} (got {kind!r})")
+        db = self._connect()
+        with writing(db):
+            if not one(db, "SELECT id FROM twin_devices WHERE id = ?", [device_id]):
+                raise KeyError(f"no device {device_id}")
+            row = {
+                "device_id": device_id,
+                "at": iso(at or utcnow()),
+                "kind": kind,
+                "note": note,
+                "source": "admin",
+                "recorded_at": iso(utcnow()),
+            }
+            return insert(db, "twin_maintenance", row)
+
+    # --- reading -------------------------------------------------------------------------------------
+
+    def find_device(self, ref: str | int) -> int | None:
+        """A device id from its id, key, serial number or station name (when unique)."""
+        db = self._connect()
+        text = str(ref).strip()
+        if text.isdigit() and one(db, "SELECT id FROM twin_devices WHERE id = ?", [int(text)]):
+            return int(text)
+        for column in ("key", "serial", "station"):
+            found = rows(db, f"SELECT id FROM twin_devices WHERE {column} = ? COLLATE NOCASE", [text])
+            if len(found) == 1:
+                return int(found[0]["id"])
+        return None
+
+    def devices(self, now: datetime | None = None) -> list[dict[str, Any]]:
+        """Every device with counts and health as of ``now`` (see docs/twin.md for the fields)."""
+        db = self._connect()
+        now = aware(now) if now else utcnow()
+        return [
+            report.summary(db, dev, now, self.thresholds)
+            for dev in rows(db, "SELECT * FROM twin_devices ORDER BY id")
+        ]
+
+    def device(self, device_id: int, now: datetime | None = None) -> dict[str, Any]:
+        """The whole twin record of one device; KeyError when unknown."""
+        db = self._connect()
+        dev = one(db, "SELECT * FROM twin_devices WHERE id = ?", [device_id])
+        if dev is None:
+            raise KeyError(f"no device {device_id}")
+        return report.record(db, dev, aware(now) if now else utcnow(), self.thresholds)
+
+    def health(self, device_id: int, now: datetime | None = None) -> Health:
+        now = aware(now) if now else utcnow()
+        return assess(report.history(self._connect(), device_id, now, self.thresholds), now, self.thresholds)
+
+    # --- periodic ------------------------------------------------------------------------------------
+
+    def evaluate(self, now: datetime | None = None) -> list[dict[str, Any]]:
+        """Assess every device, keep the current health and log each change of status or reasons."""
+        now = aware(now) if now else utcnow()
+        db = self._connect()
+        results = []
+        for dev in rows(db, "SELECT id FROM twin_devices ORDER BY id"):
+            health = self.health(dev["id"], now)
+            results.append({"device_id": dev["id"], **health.as_dict()})
+            self._store_health(db, dev["id"], health, now)
+        return results
+
+    @staticmethod
+    def _store_health(db: sqlite_utils.Database, device_id: int, health: Health, now: datetime) -> None:
+        rules = sorted(f"{f.rule}:{f.status.value}" for f in health.findings if f.status.rank)
+        with writing(db):
+            previous = one(db, "SELECT status, findings FROM twin_health WHERE device_id = ?", [device_id])
+            before = (
+                sorted(
+                    f"{f['rule']}:{f['status']}"
+                    for f in json.loads(previous["findings"])
+                    if f["status"] != "OK"
+                )
+                if previous
+                else None
+            )
+            db.table("twin_health").upsert(
+                {
+                    "device_id": device_id,
+                    "status": health.status.value,
+                    "since": iso(health.since) if health.since else None,
+                    "reasons": json.dumps(health.reasons),
+                    "findings": json.dumps([f.as_dict() for f in health.findings]),
+                    "evaluated_at": iso(now),
+                },
+                pk="device_id",
+            )
+            if before != rules:
+                db.table("twin_health_log").insert(
+                    {
+                        "device_id": device_id,
+                        "at": iso(now),
+                        "status": health.status.value,
+                        "reasons": json.dumps(health.reasons),
+                    }
+                )
+                log.info("twin: device %s health %s", device_id, health.status.value)
+
+    def apply_retention(self, days: int, now: datetime | None = None) -> dict[str, int]:
+        """Delete raw acquisitions and telemetry older than ``days`` (daily rollups, faults,
+        maintenance and configuration history are kept, and so are the acquisitions that form each
+        device's exposure-index baseline)."""
+        now = aware(now) if now else utcnow()
+        cutoff = iso(now - timedelta(days=days))
+        db = self._connect()
+        deleted = {"acquisitions": 0, "telemetry": 0, "quarantine": 0}
+        for dev in rows(db, "SELECT id FROM twin_devices"):
+            after = report.rebaseline_point(db, dev["id"], now) or ""
+            keep = report.baseline_instances_sql(self.thresholds.baseline_n)
+            with writing(db):
+                cur = db.execute(
+                    f"DELETE FROM twin_acquisitions WHERE device_id = :device AND at < :cutoff "
+                    f"AND sop_instance_uid NOT IN ({keep})",
+                    {"device": dev["id"], "cutoff": cutoff, "after": after},
+                )
+                deleted["acquisitions"] += cur.rowcount
+        with writing(db):
+            deleted["telemetry"] = db.execute(
+                "DELETE FROM twin_events WHERE kind = 'telemetry' AND at < ?", [cutoff]
+            ).rowcount
+            deleted["quarantine"] = db.execute(
+                "DELETE FROM twin_quarantine WHERE recorded_at < ?", [cutoff]
+            ).rowcount
+        if any(deleted.values()):
+            log.info("twin: retention %s", deleted)
+        return deleted
+
+
+def _day(d: date | None) -> str | None:
+    return d.isoformat() if d else None
+
+
+def _fallback_uid(headers: InstanceHeaders) -> str:
+    """A stable stand-in for a missing SOP Instance UID, from the device and usage record."""
+    digest = hashlib.sha1(repr((headers.identity, headers.usage)).encode()).hexdigest()
+    return f"nouid:{digest}"
