@@ -124,7 +124,7 @@ class Destination(_Section):
 
 
 class WorkerConfig(_Section):
-    threads: int = Field(1, ge=1, le=64)
+    threads: int = Field(1, ge=0, le=64)  # 0: this process only receives; another one analyses
     lease_s: float = Field(300.0, gt=0)
     max_attempts: int = Field(3, ge=1)
     batch_size: int = Field(4, ge=1, le=256)

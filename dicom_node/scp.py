@@ -154,6 +154,9 @@ class Receiver:
             ssl_context=server_ssl_context(self.cfg),
         )
         assert isinstance(server, ThreadedAssociationServer)
+        # stop() waits for established associations itself; socketserver's join of every request
+        # thread would also wait out rejected ones that linger until their ARTIM timer expires.
+        server.block_on_close = False
         self.server = server
         host, port = server.server_address[:2]
         return str(host), int(port)
@@ -168,10 +171,10 @@ class Receiver:
             return 0
         server.shutdown()  # closes the listening socket; running associations keep their threads
         deadline = time.monotonic() + grace_s
-        while server.active_associations and time.monotonic() < deadline:
+        while any(a.is_established for a in server.active_associations) and time.monotonic() < deadline:
             time.sleep(0.05)
-        left = list(server.active_associations)
-        for assoc in left:
+        left = [a for a in server.active_associations if a.is_established]
+        for assoc in server.active_associations:
             assoc.abort()
         self.server = None
         return len(left)
@@ -193,6 +196,7 @@ class Receiver:
         self.counters["rejected"] += 1
         self._audit("association", calling, host, "rejected", {"called_ae": called.strip(), "reason": reason})
         assoc.acse.send_reject(result, source, reason)
+        assoc.kill()  # as pynetdicom does after its own rejections: lets the DUL flush the A-ASSOCIATE-RJ
 
     def _on_established(self, event: evt.Event) -> None:
         self.counters["accepted"] += 1

@@ -1,0 +1,153 @@
+"""Real processes for tests, benchmarks and the demo: the node, DCMTK tools, Orthanc.
+
+Nothing here mocks the network: each helper starts a real program on a loopback port of its own
+and stops it by PID. Used by ``tests/`` and ``scripts/``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+RSNA_DIR = REPO.parent / "shared" / "data" / "rsna-cxr-sample"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout_s: float = 30.0, proc: subprocess.Popen[Any] | None = None) -> None:
+    """Wait until something accepts TCP connections on 127.0.0.1:port."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout_s} s")
+
+
+def tool(name: str) -> str | None:
+    return shutil.which(name)
+
+
+def rsna_files() -> list[Path]:
+    return sorted((RSNA_DIR / "images").glob("*.dcm"))
+
+
+@dataclass
+class NodeProcess:
+    """A ``dicom-node serve`` process with its own config, storage folder and ports."""
+
+    root: Path
+    overrides: dict[str, Any] = field(default_factory=dict)
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    config_path: Path = Path()
+
+    def __post_init__(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        cfg: dict[str, Any] = {
+            "node": {"port": self.port, "host": "127.0.0.1"},
+            "storage": {"dir": str(self.root / "var"), "min_free_mb": 1},
+            "admin": {"enabled": False},
+            "twin": {"sidecar_dir": str(self.root / "sidecar")},
+        }
+        for key, value in self.overrides.items():
+            if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+                cfg[key].update(value)
+            else:
+                cfg[key] = value
+        self.config_path = self.root / "config.yaml"
+        self.config_path.write_text(yaml.safe_dump(cfg))
+
+    @property
+    def storage(self) -> Path:
+        return self.root / "var"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "serve.log"
+
+    def start(self, wait_s: float = 120.0) -> NodeProcess:
+        log = open(self.log_path, "ab")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dicom_node.cli", "serve", "--config", str(self.config_path)],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.root,
+        )
+        log.close()
+        wait_port(self.port, wait_s, self.proc)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60.0) -> int:
+        """Signal the node and wait for it; returns its exit code."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        rc = int(self.proc.returncode)
+        self.proc = None
+        return rc
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def cli(self, *args: str, check: bool = True, timeout_s: float = 120.0) -> subprocess.CompletedProcess[str]:
+        """Run ``dicom-node ARGS --config <this node's config>``."""
+        return subprocess.run(
+            [sys.executable, "-m", "dicom_node.cli", *args, "--config", str(self.config_path)],
+            capture_output=True, text=True, check=check, timeout=timeout_s,
+        )
+
+    def status(self) -> dict[str, Any]:
+        """What ``dicom-node status --json`` prints (the same function, called in-process)."""
+        from dicom_node.config import load_config
+        from dicom_node.status import node_status
+
+        return node_status(load_config(self.config_path))
+
+    def wait_jobs_settled(self, expected: int, timeout_s: float = 120.0, kind: str = "analyse") -> dict[str, Any]:
+        """Wait until ``expected`` jobs of ``kind`` have ended (done, skipped or failed)."""
+        deadline = time.monotonic() + timeout_s
+        st: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            st = self.status()
+            counts = st["jobs_by_kind"].get(kind, {})
+            if sum(counts.get(s, 0) for s in ("done", "skipped", "failed")) >= expected:
+                return st
+            time.sleep(0.3)
+        raise TimeoutError(f"jobs not settled after {timeout_s} s: {st.get('jobs_by_kind')}")
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def storescu(port: int, files: list[Path] | list[str], *, aet: str = "MODALITY1", aec: str = "DICOM_NODE",
+             extra: list[str] | None = None, timeout_s: float = 300.0) -> subprocess.CompletedProcess[str]:
+    """DCMTK storescu, sending files as they are (``-xy``: propose JPEG and everything else)."""
+    cmd = ["storescu", "-xy", "-aet", aet, "-aec", aec, *(extra or []), "127.0.0.1", str(port),
+           *[str(f) for f in files]]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)

@@ -1,0 +1,67 @@
+"""Shared fixtures: real peers (DCMTK, dicom3tools, Orthanc) and real node processes.
+
+In CI (CI=true) a missing peer or the missing RSNA sample fails the run; on a developer machine the
+tests that need it are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dicom_node.testing import RSNA_DIR, NodeProcess, rsna_files, tool
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(ok: bool, what: str) -> None:
+    """Fail in CI, skip elsewhere: a missing peer must never pass silently in CI."""
+    if ok:
+        return
+    if IN_CI:
+        pytest.fail(f"{what} is missing (make setup installs it)")
+    pytest.skip(f"{what} is missing (make setup installs it)")
+
+
+@pytest.fixture(scope="session")
+def dcmtk() -> None:
+    require(all(tool(t) for t in ("storescu", "echoscu", "storescp")), "DCMTK (storescu, echoscu, storescp)")
+
+
+@pytest.fixture(scope="session")
+def dciodvfy() -> str:
+    path = tool("dciodvfy")
+    require(path is not None, "dicom3tools dciodvfy")
+    assert path is not None
+    return path
+
+
+@pytest.fixture(scope="session")
+def rsna() -> list[Path]:
+    files = rsna_files()
+    require(len(files) == 9, f"the RSNA sample in {RSNA_DIR}")
+    return files
+
+
+@pytest.fixture
+def node_factory(tmp_path: Path) -> Iterator[type[NodeProcess]]:
+    """Make nodes under this test's tmp dir; every one still running at the end is stopped."""
+    made: list[NodeProcess] = []
+
+    class _Factory(NodeProcess):
+        def __init__(self, name: str = "node", **overrides: object) -> None:
+            super().__init__(root=tmp_path / name, overrides=dict(overrides))
+            made.append(self)
+
+    yield _Factory
+    for n in made:
+        n.stop()
+
+
+@pytest.fixture
+def node(node_factory: type[NodeProcess], dcmtk: None) -> NodeProcess:
+    """A running node with the default policy, on its own port."""
+    return node_factory().start()

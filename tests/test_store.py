@@ -1,0 +1,74 @@
+"""The job queue: leases expire, attempts are counted, a lost lease cannot overwrite, restarts keep jobs."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from dicom_node.store import Store
+
+
+def test_lease_expiry_gives_the_job_to_another_worker(tmp_path: Path) -> None:
+    store = Store(tmp_path / "node.db")
+    store.enqueue("analyse", "1.2.3", max_attempts=3)
+    [first] = store.lease(["analyse"], "w1", lease_s=0.05)
+    assert store.lease(["analyse"], "w2", lease_s=10) == []  # still leased
+    time.sleep(0.1)
+    [again] = store.lease(["analyse"], "w2", lease_s=10)
+    assert again.id == first.id and again.attempts == 2
+    assert store.finish(first, "done") is False  # w1 lost its lease: fenced
+    assert store.finish(again, "done") is True
+    assert store.job_counts()["done"] == 1
+
+
+def test_attempts_are_spent_then_the_job_fails_with_its_error(tmp_path: Path) -> None:
+    store = Store(tmp_path / "node.db")
+    store.enqueue("analyse", "1.2.3", max_attempts=2)
+    for _ in range(2):
+        store.lease(["analyse"], "crashy", lease_s=0.01)
+        time.sleep(0.03)
+    assert store.lease(["analyse"], "next", lease_s=10) == []
+    [job] = store.jobs(state="failed")
+    assert "lease expired" in job["error"] and job["attempts"] == 2
+
+
+def test_release_requeues_without_counting_an_attempt(tmp_path: Path) -> None:
+    store = Store(tmp_path / "node.db")
+    store.enqueue("analyse", "1.2.3")
+    store.lease(["analyse"], "pool:1:0", lease_s=60)
+    assert store.release("pool:1:") == 1
+    [job] = store.lease(["analyse"], "pool:2:0")
+    assert job.attempts == 1
+
+
+def test_queue_survives_reopening_and_enqueue_is_idempotent(tmp_path: Path) -> None:
+    store = Store(tmp_path / "node.db")
+    assert store.enqueue("deliver", "a:pacs") is True
+    assert store.enqueue("deliver", "a:pacs") is False
+    store.close()
+    reopened = Store(tmp_path / "node.db")
+    assert reopened.job_counts()["queued"] == 1
+
+
+def test_concurrent_workers_never_take_the_same_job(tmp_path: Path) -> None:
+    store = Store(tmp_path / "node.db")
+    for i in range(200):
+        store.enqueue("analyse", f"1.2.{i}")
+    taken: list[int] = []
+    lock = threading.Lock()
+
+    def work(name: str) -> None:
+        while jobs := store.lease(["analyse"], name, limit=3, lease_s=60):
+            with lock:
+                taken.extend(j.id for j in jobs)
+            for j in jobs:
+                store.finish(j, "done")
+
+    threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(taken) == 200 and len(set(taken)) == 200
+    assert store.job_counts()["done"] == 200
