@@ -12,14 +12,22 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from apscheduler.schedulers.background import BackgroundScheduler
 from pydicom.uid import generate_uid
 
 from dicom_node.config import Config
 from dicom_node.ingest import Ingest
+from dicom_node.pipeline import build_steps
+from dicom_node.results import NodeIdentity
 from dicom_node.scp import Receiver
+from dicom_node.scu import Delivery, echo_destinations
 from dicom_node.spool import Spool
 from dicom_node.store import Store
 from dicom_node.worker import Analysis, StepFn, WorkerPool
+from twin import jobs as twin_jobs
+from twin.store import TwinStore
+
+PEER_ECHO_EVERY_S = 300.0
 
 log = logging.getLogger("dicom_node.node")
 
@@ -31,17 +39,36 @@ class Node:
 
     def __init__(self, cfg: Config, *, steps: Sequence[StepFn] | None = None) -> None:
         self.cfg = cfg
+        if cfg.model.weights is not None and not cfg.model.weights.exists():
+            raise ValueError(f"model.weights: no such file {cfg.model.weights}")
         cfg.storage.dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(cfg.db_path)
         self.spool = Spool(cfg.spool_dir)
         swept = self.spool.sweep()
         if swept:
             log.info("removed partial files left by an earlier stop", extra={"files": swept})
+        self.outbox = Spool(cfg.outbox_dir)
+        self.outbox.sweep()
         self.device_uid = self.store.set_meta_once("node_device_uid", generate_uid())
+        self.identity = NodeIdentity(ae_title=cfg.node.ae_title, device_uid=self.device_uid)
+        self.twin = TwinStore(self.store.db)
+        if steps is None:
+            steps = build_steps(cfg, self.store, self.outbox, self.identity, self.twin)
         self.analysis = WorkerPool(
-            self.store, "analyse", ["analyse"], Analysis(self.store, list(steps or [])),
+            self.store, "analyse", ["analyse"], Analysis(self.store, list(steps)),
             threads=cfg.worker.threads, batch_size=cfg.worker.batch_size, lease_s=cfg.worker.lease_s,
         )
+        self.delivery = WorkerPool(
+            self.store, "deliver", ["deliver"], Delivery(cfg, self.store),
+            threads=1 if cfg.destinations else 0, batch_size=16, lease_s=120.0,
+        )
+        self.scheduler = BackgroundScheduler(timezone="UTC")
+        twin_jobs.register(self.scheduler, self.twin, cfg.twin.sidecar_dir, cfg.twin.sidecar_poll_s,
+                           cfg.twin.evaluate_every_s, cfg.twin.retention_days)
+        if cfg.destinations:
+            self.scheduler.add_job(echo_destinations, "interval", args=(cfg, self.store), id="peer-echo",
+                                   seconds=PEER_ECHO_EVERY_S, max_instances=1, coalesce=True,
+                                   next_run_time=_now())
         self.ingest = Ingest(
             self.store, self.spool,
             min_free_bytes=cfg.storage.min_free_mb * 2**20,
@@ -55,7 +82,9 @@ class Node:
 
     def start(self) -> None:
         self.analysis.start()
+        self.delivery.start()
         self.address = self.receiver.start()
+        self.scheduler.start()
         log.info("node serving", extra={"ae_title": self.cfg.node.ae_title, "host": self.address[0],
                                         "port": self.address[1], "storage": str(self.cfg.storage.dir),
                                         "version": __version__})
@@ -66,7 +95,9 @@ class Node:
             return
         self._stopped.set()
         aborted = self.receiver.stop(grace_s)
-        released = self.analysis.stop(grace_s)
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        released = self.analysis.stop(grace_s) + self.delivery.stop(grace_s)
         log.info("node stopped", extra={"associations_aborted": aborted, "jobs_released": released})
         self.store.close()
 
@@ -86,3 +117,9 @@ class Node:
                 pass
         finally:
             self.stop()
+
+
+def _now() -> Any:
+    import datetime as dt
+
+    return dt.datetime.now(dt.UTC)

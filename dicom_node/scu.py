@@ -22,6 +22,10 @@ from pynetdicom import AE
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from dicom_node.config import Config
+from dicom_node.store import Job, Store
+from dicom_node.worker import Outcome as WorkOutcome
+
 log = logging.getLogger("dicom_node.scu")
 
 _ADDR_RE = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>\[[0-9a-fA-F:]+\]|[^:@\s]+):(?P<port>\d{1,5})$")
@@ -204,3 +208,65 @@ def send_files(peer: Peer, paths: Sequence[Path], *, calling_ae: str = "DICOM_NO
                            ssl_context=ssl_context, progress=progress)
     report.skipped.extend(skipped)
     return report
+
+
+class Delivery:
+    """Handler of ``deliver`` jobs (ref ``<result UID>><destination>``): one association per destination
+    per batch, retries with exponential back-off that survive restarts (the delay is in the job row),
+    and after ``delivery.max_attempts`` the delivery is parked as failed with its error."""
+
+    def __init__(self, cfg: Config, store: Store) -> None:
+        self.cfg = cfg
+        self.store = store
+
+    def backoff(self, attempts: int) -> float:
+        d = self.cfg.delivery
+        return float(min(d.backoff_s * 2 ** max(attempts - 1, 0), d.backoff_max_s))
+
+    def __call__(self, jobs: Sequence[Job]) -> dict[int, WorkOutcome]:
+        by_dest: dict[str, list[Job]] = {}
+        for job in jobs:
+            by_dest.setdefault(job.ref.rpartition(">")[2], []).append(job)
+        destinations = {d.name: d for d in self.cfg.destinations}
+        out: dict[int, WorkOutcome] = {}
+        for name, group in by_dest.items():
+            dest = destinations.get(name)
+            if dest is None:
+                for job in group:
+                    out[job.id] = WorkOutcome("failed", f"destination {name!r} is no longer configured")
+                continue
+            items: list[tuple[str, Dataset | Path]] = []
+            for job in group:
+                row = self.store.result(job.ref.rpartition(">")[0])
+                if row is None or not Path(row["path"]).exists():
+                    out[job.id] = WorkOutcome("failed", "result object is missing from the outbox")
+                    continue
+                items.append((str(job.id), Path(row["path"])))
+            peer = Peer(dest.ae_title, dest.host, dest.port, dest.tls)
+            report = send_datasets(peer, items, calling_ae=self.cfg.node.ae_title)
+            failed = dict(report.failed)
+            for job in group:
+                if job.id in out:
+                    continue
+                result_uid = job.ref.rpartition(">")[0]
+                error = failed.get(str(job.id))
+                if error is None:
+                    self.store.set_delivery(result_uid, name, "delivered", attempts=job.attempts)
+                    out[job.id] = WorkOutcome("done", f"delivered to {name}")
+                elif job.attempts >= job.max_attempts:
+                    self.store.set_delivery(result_uid, name, "failed", attempts=job.attempts, error=error)
+                    out[job.id] = WorkOutcome("failed", error)
+                else:
+                    self.store.set_delivery(result_uid, name, "retrying", attempts=job.attempts, error=error)
+                    out[job.id] = WorkOutcome("retry", error, self.backoff(job.attempts))
+            if report.failed:
+                log.warning("delivery failed", extra={"destination": name, "failed": len(report.failed),
+                                                      "error": report.failed[0][1]})
+        return out
+
+
+def echo_destinations(cfg: Config, store: Store) -> None:
+    """C-ECHO every destination and record the answer (the node's view of its peers' health)."""
+    for d in cfg.destinations:
+        res = echo(Peer(d.ae_title, d.host, d.port, d.tls), calling_ae=cfg.node.ae_title, timeout_s=10)
+        store.set_echo(d.name, res.ok, res.error)

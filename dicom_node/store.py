@@ -414,6 +414,109 @@ class Store:
         row = self.conn().execute("SELECT * FROM jobs WHERE kind=? AND ref=?", (kind, ref)).fetchone()
         return dict(row) if row else None
 
+    # -- analyses, findings, results, deliveries ------------------------------------------------
+
+    def record_analysis(self, sop_instance_uid: str, outcome: str, *, reason: str | None = None,
+                        findings: Sequence[dict[str, Any]] = (), model_name: str | None = None,
+                        model_version: str | None = None, timings_ms: dict[str, float] | None = None) -> None:
+        """Replace this instance's analysis and findings (idempotent: a redo after a crash overwrites)."""
+        now = time.time()
+        t = timings_ms or {}
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM findings WHERE sop_instance_uid = ?", (sop_instance_uid,))
+            conn.executemany(
+                "INSERT INTO findings (sop_instance_uid, x0, y0, x1, y1, score, label, model_name, model_version,"
+                " created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                [(sop_instance_uid, f["x0"], f["y0"], f["x1"], f["y1"], f["score"], f["label"], model_name,
+                  model_version, now) for f in findings],
+            )
+            conn.execute(
+                "INSERT OR REPLACE INTO analyses (sop_instance_uid, outcome, reason, model_name, model_version,"
+                " n_findings, preprocess_ms, inference_ms, total_ms, analysed_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (sop_instance_uid, outcome, reason, model_name, model_version, len(findings),
+                 t.get("preprocess"), t.get("inference"), t.get("total"), now),
+            )
+
+    def findings(self, sop_instance_uid: str) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.conn().execute(
+            "SELECT * FROM findings WHERE sop_instance_uid = ? ORDER BY score DESC", (sop_instance_uid,))]
+
+    def results_for(self, source_sop_instance_uid: str) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.conn().execute(
+            "SELECT * FROM results WHERE source_sop_instance_uid = ? ORDER BY kind", (source_sop_instance_uid,))]
+
+    def add_results(self, source_sop_instance_uid: str, study_instance_uid: str,
+                    results: Sequence[dict[str, str]], destinations: Sequence[str], *,
+                    max_attempts: int) -> None:
+        """Record result objects (``sop_instance_uid``, ``kind``, ``sop_class_uid``, ``path``) and queue one
+        delivery job per (result, destination) whose kinds include it — all in one transaction."""
+        now = time.time()
+        with self.transaction() as conn:
+            for r in results:
+                conn.execute(
+                    "INSERT OR IGNORE INTO results (sop_instance_uid, source_sop_instance_uid, study_instance_uid,"
+                    " kind, sop_class_uid, path, created_at) VALUES (?,?,?,?,?,?,?)",
+                    (r["sop_instance_uid"], source_sop_instance_uid, study_instance_uid, r["kind"],
+                     r["sop_class_uid"], r["path"], now),
+                )
+                for dest in r.get("destinations", destinations):
+                    conn.execute(
+                        "INSERT OR IGNORE INTO deliveries (result_uid, destination, state, updated_at)"
+                        " VALUES (?, ?, 'queued', ?)", (r["sop_instance_uid"], dest, now))
+                    self._enqueue(conn, "deliver", f"{r['sop_instance_uid']}>{dest}", None, max_attempts, 0.0, now)
+
+    def result(self, sop_instance_uid: str) -> dict[str, Any] | None:
+        row = self.conn().execute("SELECT * FROM results WHERE sop_instance_uid = ?", (sop_instance_uid,)).fetchone()
+        return dict(row) if row else None
+
+    def set_delivery(self, result_uid: str, destination: str, state: str, *, attempts: int,
+                     error: str | None = None) -> None:
+        now = time.time()
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE deliveries SET state=?, attempts=?, error=?, updated_at=?,"
+                " delivered_at=CASE WHEN ?='delivered' THEN ? ELSE delivered_at END"
+                " WHERE result_uid=? AND destination=?",
+                (state, attempts, error, now, state, now, result_uid, destination),
+            )
+            conn.execute(
+                "INSERT INTO peer_status (name, last_delivery_at, last_delivery_ok) VALUES (?, ?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET last_delivery_at=excluded.last_delivery_at,"
+                " last_delivery_ok=excluded.last_delivery_ok",
+                (destination, now, 1 if state == "delivered" else 0),
+            )
+
+    def set_echo(self, name: str, ok: bool, error: str | None) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO peer_status (name, last_echo_at, last_echo_ok, last_echo_error) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET last_echo_at=excluded.last_echo_at,"
+                " last_echo_ok=excluded.last_echo_ok, last_echo_error=excluded.last_echo_error",
+                (name, time.time(), 1 if ok else 0, error),
+            )
+
+    def study(self, study_instance_uid: str) -> list[dict[str, Any]]:
+        """Each instance of a study with its analysis, findings, results and their deliveries."""
+        conn = self.conn()
+        out = []
+        for inst in conn.execute(
+            "SELECT i.sop_instance_uid, i.sop_class_uid, i.modality, i.calling_ae, i.received_at,"
+            " a.outcome, a.reason, a.model_name, a.model_version, a.n_findings, a.inference_ms, a.total_ms"
+            " FROM instances i LEFT JOIN analyses a USING (sop_instance_uid)"
+            " WHERE i.study_instance_uid = ? ORDER BY i.received_at", (study_instance_uid,)):
+            item = dict(inst)
+            item["findings"] = [{k: f[k] for k in ("x0", "y0", "x1", "y1", "score", "label")}
+                                for f in self.findings(inst["sop_instance_uid"])]
+            item["results"] = []
+            for r in self.results_for(inst["sop_instance_uid"]):
+                deliveries = [dict(d) for d in conn.execute(
+                    "SELECT destination, state, attempts, error, delivered_at FROM deliveries WHERE result_uid = ?",
+                    (r["sop_instance_uid"],))]
+                item["results"].append({"kind": r["kind"], "sop_instance_uid": r["sop_instance_uid"],
+                                        "sop_class_uid": r["sop_class_uid"], "deliveries": deliveries})
+            out.append(item)
+        return out
+
     # -- audit ---------------------------------------------------------------------------------
 
     def audit(self, event: str, *, peer_ae: str | None = None, peer_host: str | None = None,

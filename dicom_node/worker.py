@@ -17,7 +17,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydicom import dcmread
@@ -144,6 +144,9 @@ class Item:
     job: Job
     row: dict[str, Any]
     header: Dataset
+    dataset: Dataset | None = None  # the whole instance, once a step has read its pixels
+    detections: list[Any] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 StepFn = Callable[[Sequence[Item]], dict[int, Outcome]]

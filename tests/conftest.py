@@ -6,24 +6,12 @@ tests that need it are skipped with the reason.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from dicom_node.testing import RSNA_DIR, NodeProcess, rsna_files, tool
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def require(ok: bool, what: str) -> None:
-    """Fail in CI, skip elsewhere: a missing peer must never pass silently in CI."""
-    if ok:
-        return
-    if IN_CI:
-        pytest.fail(f"{what} is missing (make setup installs it)")
-    pytest.skip(f"{what} is missing (make setup installs it)")
+from dicom_node.testing import RSNA_DIR, NodeProcess, require, rsna_files, tool
 
 
 @pytest.fixture(scope="session")

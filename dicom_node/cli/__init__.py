@@ -71,7 +71,7 @@ def serve(
     setup_logging(cfg.logging.level, cfg.log_dir, max_mb=cfg.logging.max_mb, backups=cfg.logging.backups)
     try:
         node = Node(cfg)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise fail(f"cannot start: {exc}") from None
     try:
         node.serve()
@@ -172,6 +172,78 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
         console.print(dt)
 
 
+@app.command()
+def results(
+    study_uid: Annotated[str, typer.Argument(help="Study Instance UID")],
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Each image of a study: its analysis, findings, and which result went where."""
+    from dicom_node.store import Store
+
+    cfg = get_config(config)
+    store = Store(cfg.db_path)
+    try:
+        study = store.study(study_uid)
+    finally:
+        store.close()
+    if not study:
+        raise fail(f"no instance of study {study_uid} is stored", code=1)
+    if as_json:
+        print_json({"study_instance_uid": study_uid, "instances": study})
+        return
+    for inst in study:
+        outcome = inst["outcome"] or "queued"
+        console.print(f"[bold]{inst['sop_instance_uid']}[/] {inst['modality'] or ''} — {outcome}"
+                      + (f" ({inst['reason']})" if inst["reason"] else ""))
+        if inst["outcome"] == "analysed":
+            if inst["findings"]:
+                ft = Table("box x0,y0,x1,y1 (source pixels)", "score", "label")
+                for f in inst["findings"]:
+                    ft.add_row(f"{f['x0']:.0f},{f['y0']:.0f},{f['x1']:.0f},{f['y1']:.0f}", f"{f['score']:.2f}",
+                               f["label"])
+                console.print(ft)
+            else:
+                console.print("  no opacity detected")
+        for r in inst["results"]:
+            where = ", ".join(f"{d['destination']}: {d['state']}" for d in r["deliveries"]) or "no destination"
+            console.print(f"  {r['kind']:<4} {r['sop_instance_uid']} → {where}")
+
+
+@app.command()
+def deliveries(
+    config: ConfigOpt = None,
+    retry: Annotated[bool, typer.Option("--retry", help="send parked (failed) deliveries again")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Result deliveries by state; ``--retry`` sends the parked ones again (the running node picks them up)."""
+    from dicom_node.store import Store
+
+    cfg = get_config(config)
+    store = Store(cfg.db_path)
+    try:
+        requeued = store.requeue("deliver") if retry else 0
+        if retry:
+            store.conn().execute("UPDATE deliveries SET state='queued', error=NULL WHERE state='failed'")
+        rows = [dict(r) for r in store.conn().execute(
+            "SELECT destination, state, COUNT(*) AS n FROM deliveries GROUP BY destination, state")]
+        parked = [dict(r) for r in store.conn().execute(
+            "SELECT result_uid, destination, attempts, error FROM deliveries WHERE state='failed' LIMIT 50")]
+    finally:
+        store.close()
+    if as_json:
+        print_json({"requeued": requeued, "by_state": rows, "parked": parked})
+        return
+    table = Table("destination", "state", "results")
+    for r in rows:
+        table.add_row(r["destination"], r["state"], str(r["n"]))
+    console.print(table)
+    for p in parked:
+        console.print(f"[red]parked[/] {p['result_uid']} → {p['destination']} after {p['attempts']}: {p['error']}")
+    if retry:
+        console.print(f"{requeued} parked deliveries queued again")
+
+
 def _when(at: float | None, ok: int | None) -> str:
     if at is None:
         return "-"
@@ -179,6 +251,16 @@ def _when(at: float | None, ok: int | None) -> str:
 
     stamp = dt.datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M:%S")
     return f"[green]ok[/] {stamp}" if ok else f"[red]failed[/] {stamp}"
+
+
+def _mount() -> None:
+    from dicom_node.cli import model, twin
+
+    app.add_typer(model.app, name="model", help="The detector: train, evaluate, inspect.")
+    twin.register(app)
+
+
+_mount()
 
 
 def main() -> None:

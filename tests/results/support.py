@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import os
 import warnings
 from pathlib import Path
 
@@ -23,27 +22,15 @@ from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittle
 
 from dicom_node.results import build_all
 from dicom_node.results.common import NodeIdentity
+from dicom_node.testing import RSNA_DIR, require
 from models.detection import Detection, ModelInfo
 
-REPO = Path(__file__).resolve().parents[2]
-IN_CI = os.environ.get("CI", "").lower() == "true"
-
-
-def _shared() -> Path | None:
-    for candidate in (REPO / "shared", REPO.parent / "shared"):
-        if (candidate / "data" / "rsna-cxr-sample").is_dir():
-            return candidate / "data" / "rsna-cxr-sample"
-    return None
-
-
-RSNA = _shared()
+RSNA: Path | None = RSNA_DIR if RSNA_DIR.is_dir() else None
 
 
 def missing(what: str) -> None:
     """Skip on a developer's machine; fail in CI, where a missing peer is an error."""
-    if IN_CI:
-        pytest.fail(f"{what} is missing (CI=true)")
-    pytest.skip(f"{what} is missing")
+    require(False, what)
 
 
 def with_voi_lut(ds: Dataset) -> Dataset:

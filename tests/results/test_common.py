@@ -12,7 +12,7 @@ from dicom_node.results.common import NodeIdentity, series_uid
 from dicom_node.results.sr import build_sr
 from models.detection import Detection, ModelInfo
 
-from .support import MODEL, NODE, built, load, rsna_files, source_names
+from .support import MODEL, NODE, built, load, missing, rsna_files, source_names
 
 
 @source_names
@@ -97,7 +97,7 @@ def test_no_patient_data_in_logs(caplog: pytest.LogCaptureFixture, recwarn: pyte
                                  ) -> None:
     paths = rsna_files()
     if not paths:
-        pytest.skip("RSNA sample missing")
+        missing("the RSNA sample")
     source = pydicom.dcmread(paths[0])
     with caplog.at_level(logging.DEBUG):
         build_all(source, [], MODEL, NODE)

@@ -1,0 +1,177 @@
+"""The analysis steps the worker runs for each received instance (ARCHITECTURE.md, "one radiograph's way").
+
+Each step takes a batch of :class:`~dicom_node.worker.Item` and returns an outcome per job that does
+not simply go on (absent means "done, next step"). Every step is idempotent: the twin keys on the SOP
+Instance UID, findings are replaced, result objects are built once per source and their delivery
+jobs are unique per (result, destination), so a step redone after a crash changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from io import BytesIO
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from dicom_node.config import Config
+from dicom_node.results import NodeIdentity, build_all
+from dicom_node.routing import destinations_for, skip_reason
+from dicom_node.spool import Spool
+from dicom_node.store import Store
+from dicom_node.worker import Item, Outcome
+from models.detection import Detection, ModelInfo
+from twin.store import TwinStore
+
+log = logging.getLogger("dicom_node.pipeline")
+
+
+class TwinStep:
+    """Feed every instance's header to the device twin (every body part, not only chests)."""
+
+    def __init__(self, twin: TwinStore) -> None:
+        self.twin = twin
+
+    def __call__(self, batch: Sequence[Item]) -> dict[int, Outcome]:
+        for item in batch:
+            try:
+                received = datetime.fromtimestamp(item.row["received_at"], UTC)
+                self.twin.record_instance(item.header, received_at=received)
+            except Exception as exc:  # the twin must never hold back the analysis of an image
+                log.error("twin could not record an instance",
+                          extra={"sop_instance_uid": item.job.ref, "error": f"{type(exc).__name__}: {exc}"[:300]})
+        return {}
+
+
+class RouteStep:
+    """Skip what is not a chest radiograph to analyse, with the reason recorded."""
+
+    def __init__(self, cfg: Config, store: Store) -> None:
+        self.cfg = cfg
+        self.store = store
+
+    def __call__(self, batch: Sequence[Item]) -> dict[int, Outcome]:
+        out = {}
+        for item in batch:
+            reason = skip_reason(item.header, self.cfg.routing)
+            if reason is not None:
+                self.store.record_analysis(item.job.ref, "skipped", reason=reason)
+                out[item.job.id] = Outcome("skipped", reason)
+        return out
+
+
+class DetectStep:
+    """Run the detector on the batch and store each finding (box in source pixels, score, model)."""
+
+    def __init__(self, cfg: Config, store: Store) -> None:
+        self.cfg = cfg
+        self.store = store
+        self._detector: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def detector(self) -> Any:
+        """Loaded on first use in the worker thread, so the receiver listens from the first second."""
+        with self._lock:
+            if self._detector is None:
+                from models.detector import Detector
+
+                t0 = time.perf_counter()
+                m = self.cfg.model
+                self._detector = Detector.load(m.weights, device=m.device, threads=m.threads,
+                                               score_threshold=m.score_threshold)
+                info = self._detector.info
+                log.info("model loaded", extra={"model": info.name, "version": info.version,
+                                                "device": self._detector.device,
+                                                "seconds": round(time.perf_counter() - t0, 2)})
+            return self._detector
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.detector.info  # type: ignore[no-any-return]
+
+    def __call__(self, batch: Sequence[Item]) -> dict[int, Outcome]:
+        detector = self.detector
+        info: ModelInfo = detector.info
+        out: dict[int, Outcome] = {}
+        ready, prepared = [], []
+        for item in batch:
+            t0 = time.perf_counter()
+            try:
+                ds = dcmread(item.row["path"])
+                prepared.append(detector.prepare([ds])[0])
+            except Exception as exc:  # undecodable pixels: this image fails, the batch goes on
+                reason = f"pixel data cannot be decoded: {type(exc).__name__}: {exc}"[:300]
+                self.store.record_analysis(item.job.ref, "failed", reason=reason)
+                out[item.job.id] = Outcome("failed", reason)
+                continue
+            item.dataset = ds
+            item.timings["preprocess"] = (time.perf_counter() - t0) * 1000
+            ready.append(item)
+        if not ready:
+            return out
+        t0 = time.perf_counter()
+        detections = detector.predict_prepared(prepared)
+        per_image_ms = (time.perf_counter() - t0) * 1000 / len(ready)
+        for item, dets in zip(ready, detections, strict=True):
+            item.detections = dets
+            item.timings["inference"] = per_image_ms
+            item.timings["total"] = item.timings["preprocess"] + per_image_ms
+            self.store.record_analysis(
+                item.job.ref, "analysed", findings=[_finding(d) for d in dets], model_name=info.name,
+                model_version=info.version, timings_ms=item.timings,
+            )
+        return out
+
+
+def _finding(d: Detection) -> dict[str, Any]:
+    x0, y0, x1, y1 = d.box
+    return {"x0": x0, "y0": y0, "x1": x1, "y1": y1, "score": d.score, "label": d.label}
+
+
+class ResultsStep:
+    """Build the SR, GSPS and SC for each analysed image, keep them in the outbox, queue deliveries."""
+
+    def __init__(self, cfg: Config, store: Store, outbox: Spool, node: NodeIdentity, detect: DetectStep) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.outbox = outbox
+        self.node = node
+        self.detect = detect
+
+    def __call__(self, batch: Sequence[Item]) -> dict[int, Outcome]:
+        for item in batch:
+            if self.store.results_for(item.job.ref):
+                continue  # built before a crash: keep those objects (and their UIDs), deliver them
+            dests = destinations_for(self.cfg, item.row["calling_ae"])
+            kinds = sorted({k for d in dests for k in d.kinds}) or ["sr", "gsps", "sc"]
+            source: Dataset = item.dataset if item.dataset is not None else dcmread(item.row["path"])
+            objects = build_all(source, item.detections, self.detect.info, self.node, kinds=kinds)  # type: ignore[arg-type]
+            rows = []
+            for kind, ds in objects.items():
+                path = self.outbox.path_for(str(ds.StudyInstanceUID), str(ds.SOPInstanceUID))
+                temp = self.outbox.write_temp([_encode(ds)])
+                self.outbox.commit(temp, path, replace=True)
+                rows.append({"sop_instance_uid": str(ds.SOPInstanceUID), "kind": kind,
+                             "sop_class_uid": str(ds.SOPClassUID), "path": str(path),
+                             "destinations": [d.name for d in dests if kind in d.kinds]})
+            self.store.add_results(item.job.ref, item.row["study_instance_uid"], rows, [],
+                                   max_attempts=self.cfg.delivery.max_attempts)
+        return {}
+
+
+def _encode(ds: Dataset) -> bytes:
+    buf = BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def build_steps(cfg: Config, store: Store, outbox: Spool, node: NodeIdentity, twin: TwinStore) -> list[Any]:
+    """The analysis pipeline in order: twin, routing, detection, results."""
+    detect = DetectStep(cfg, store)
+    return [TwinStep(twin), RouteStep(cfg, store), detect, ResultsStep(cfg, store, outbox, node, detect)]
