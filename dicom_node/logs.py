@@ -11,6 +11,7 @@ import logging
 import logging.handlers
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,9 @@ def setup_logging(level: str = "INFO", log_dir: Path | None = None, *, max_mb: i
         )
         fh.setFormatter(JsonFormatter())
         root.addHandler(fh)
+    # pydicom warns with the offending element's value, which may be patient data: not in our logs.
+    warnings.filterwarnings("ignore", module=r"pydicom(\..*)?$")
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
     # pynetdicom logs PDU contents at DEBUG and dataset summaries at INFO: keep it to warnings.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)

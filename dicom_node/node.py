@@ -24,6 +24,7 @@ from dicom_node.scu import Delivery, echo_destinations
 from dicom_node.spool import Spool
 from dicom_node.store import Store
 from dicom_node.worker import Analysis, StepFn, WorkerPool
+from models import SHIPPED_WEIGHTS
 from twin import jobs as twin_jobs
 from twin.store import TwinStore
 
@@ -39,8 +40,9 @@ class Node:
 
     def __init__(self, cfg: Config, *, steps: Sequence[StepFn] | None = None) -> None:
         self.cfg = cfg
-        if cfg.model.weights is not None and not cfg.model.weights.exists():
-            raise ValueError(f"model.weights: no such file {cfg.model.weights}")
+        weights = cfg.model.weights or SHIPPED_WEIGHTS
+        if not weights.is_file():
+            raise ValueError(f"model.weights: no such file {weights}")
         cfg.storage.dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(cfg.db_path)
         self.spool = Spool(cfg.spool_dir)
