@@ -107,6 +107,7 @@ class PeersConfig(_Section):
 
 
 ResultKind = Literal["sr", "gsps", "sc"]
+RESULT_KINDS: tuple[ResultKind, ...] = ("sr", "gsps", "sc")
 
 
 class Destination(_Section):
@@ -114,7 +115,7 @@ class Destination(_Section):
     ae_title: str
     host: str
     port: int = Field(ge=1, le=65535)
-    kinds: list[ResultKind] = Field(default_factory=lambda: ["sr", "gsps", "sc"])
+    kinds: list[ResultKind] = Field(default_factory=lambda: list(RESULT_KINDS))
     tls: bool = False
 
     @field_validator("ae_title")
@@ -135,6 +136,10 @@ class DeliveryConfig(_Section):
     backoff_s: float = Field(2.0, gt=0)
     backoff_max_s: float = Field(600.0, gt=0)
     return_to_sender: dict[str, str] = Field(default_factory=dict)
+
+
+class ResultsConfig(_Section):
+    ohif: bool = False  # SR tracking identifiers in the form OHIF's SR viewport reads
 
 
 class ModelConfig(_Section):
@@ -193,6 +198,7 @@ class Config(_Section):
     destinations: list[Destination] = Field(default_factory=list)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
+    results: ResultsConfig = Field(default_factory=ResultsConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     twin: TwinConfig = Field(default_factory=TwinConfig)
@@ -236,7 +242,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _describe(err: dict[str, Any]) -> str:
+def _describe(err: Any) -> str:
     loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
     kind = err["type"]
     if kind == "extra_forbidden":

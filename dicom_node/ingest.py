@@ -23,6 +23,7 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
@@ -199,7 +200,7 @@ def _file_chunks(file_meta: FileMetaDataset, stream: io.BytesIO, calling_ae: str
     meta = FileMetaDataset(file_meta)
     if calling_ae:
         meta.SourceApplicationEntityTitle = calling_ae
-    buf = io.BytesIO()
+    buf = DicomBytesIO()
     write_file_meta_info(buf, meta, enforce_standard=True)
     return [b"\x00" * 128, b"DICM", buf.getvalue(), stream.getbuffer()]
 

@@ -151,8 +151,9 @@ class ResultsStep:
             dests = destinations_for(self.cfg, item.row["calling_ae"])
             kinds = sorted({k for d in dests for k in d.kinds}) or ["sr", "gsps", "sc"]
             source: Dataset = item.dataset if item.dataset is not None else dcmread(item.row["path"])
-            objects = build_all(source, item.detections, self.detect.info, self.node, kinds=kinds)  # type: ignore[arg-type]
-            rows = []
+            objects = build_all(source, item.detections, self.detect.info, self.node, kinds=kinds,  # type: ignore[arg-type]
+                                ohif=self.cfg.results.ohif)
+            rows: list[dict[str, Any]] = []
             for kind, ds in objects.items():
                 path = self.outbox.path_for(str(ds.StudyInstanceUID), str(ds.SOPInstanceUID))
                 temp = self.outbox.write_temp([_encode(ds)])

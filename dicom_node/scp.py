@@ -7,17 +7,20 @@ maximum PDU, TLS. What happens to a received instance is :mod:`dicom_node.ingest
 
 from __future__ import annotations
 
+import io
 import logging
 import ssl
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from pydicom.pixels.decoders.base import _PIXEL_DATA_DECODERS, get_decoder
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -141,7 +144,7 @@ class Receiver:
 
     def start(self) -> tuple[str, int]:
         """Start listening in the background; returns the bound (host, port)."""
-        handlers = [
+        handlers: list[Any] = [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ESTABLISHED, self._on_established),
             (evt.EVT_C_ECHO, self._on_echo),
@@ -183,7 +186,7 @@ class Receiver:
 
     def _on_requested(self, event: evt.Event) -> None:
         assoc = event.assoc
-        rq = assoc.requestor.primitive
+        rq = cast(A_ASSOCIATE, assoc.requestor.primitive)
         called = str(rq.called_ae_title)
         calling = str(rq.calling_ae_title)
         host = str(assoc.requestor.address)
@@ -209,22 +212,23 @@ class Receiver:
     def _on_store(self, event: evt.Event) -> int:
         assoc: Association = event.assoc
         calling = str(assoc.requestor.ae_title).strip()
-        outcome = self.ingest.receive(
-            event.file_meta, event.request.DataSet, calling_ae=calling, peer_host=str(assoc.requestor.address)
-        )
+        data = cast(io.BytesIO, cast(C_STORE, event.request).DataSet)
+        size = data.getbuffer().nbytes
+        outcome = self.ingest.receive(event.file_meta, data, calling_ae=calling,
+                                      peer_host=str(assoc.requestor.address))
         with self._stats_lock:
             st = self._stats.get(id(assoc))
             if st is not None:
                 if outcome.stored:
                     st.instances += 1
-                    st.bytes += event.request.DataSet.getbuffer().nbytes
+                    st.bytes += size
                 elif outcome.duplicate:
                     st.duplicates += 1
                 elif outcome.status:
                     st.failures += 1
         if outcome.stored:
             self.counters["instances"] += 1
-            self.counters["bytes"] += event.request.DataSet.getbuffer().nbytes
+            self.counters["bytes"] += size
         return outcome.status
 
     def _on_closed(self, event: evt.Event) -> None:

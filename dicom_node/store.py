@@ -446,7 +446,7 @@ class Store:
             "SELECT * FROM results WHERE source_sop_instance_uid = ? ORDER BY kind", (source_sop_instance_uid,))]
 
     def add_results(self, source_sop_instance_uid: str, study_instance_uid: str,
-                    results: Sequence[dict[str, str]], destinations: Sequence[str], *,
+                    results: Sequence[dict[str, Any]], destinations: Sequence[str], *,
                     max_attempts: int) -> None:
         """Record result objects (``sop_instance_uid``, ``kind``, ``sop_class_uid``, ``path``) and queue one
         delivery job per (result, destination) whose kinds include it — all in one transaction."""
