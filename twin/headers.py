@@ -186,7 +186,7 @@ def read_usage(ds: Dataset) -> Usage:
 
 
 def deviation_index(ei: float | None, tei: float | None) -> float | None:
-    """DI = 10·log10(EI / EI_T) (IEC 62494-1 clause 5; AAPM TG-116 eq. 2); None when undefined."""
+    """DI = 10·log10(EI / EI_T) (IEC 62494-1; AAPM TG-116); None when undefined."""
     if ei is None or tei is None or ei <= 0 or tei <= 0:
         return None
     return round(10.0 * math.log10(ei / tei), 3)

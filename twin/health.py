@@ -89,7 +89,7 @@ class Thresholds:
     drift_warn_shift: float = 0.5
     drift_alert_shift: float = 1.0
     drift_persist: int = 3
-    # absolute deviation index (AAPM TG-116 table II: |DI| > 3 calls for action)
+    # absolute deviation index (AAPM TG-116 action levels: beyond ±3 DI calls for action)
     di_limit: float = 3.0
     di_window: int = 5
     di_warn_count: int = 3
@@ -100,8 +100,9 @@ class Thresholds:
     fault_min_baseline_days: int = 7
     fault_prior_rate: float = 0.2
     fault_rate_floor: float = 0.1
-    fault_arl_warn_days: float = 1000.0
-    fault_arl_alert_days: float = 10000.0
+    fault_baseline_upper: bool = True
+    fault_arl_warn_days: float = 2000.0
+    fault_arl_alert_days: float = 20000.0
     # detector temperature (deg C)
     temp_warn_low: float = 10.0
     temp_warn_high: float = 40.0
@@ -117,9 +118,9 @@ class Thresholds:
     silence_window_days: float = 28.0
     silence_min_acquisitions: int = 20
     silence_min_days: int = 3
-    silence_warn_factor: float = 1.5
-    silence_alert_factor: float = 3.0
-    silence_warn_min_h: float = 24.0
+    silence_warn_factor: float = 2.0
+    silence_alert_factor: float = 4.0
+    silence_warn_min_h: float = 36.0
     silence_alert_min_h: float = 72.0
 
 
@@ -276,27 +277,28 @@ def drift_rule(h: DeviceHistory, th: Thresholds) -> Finding:
     return Finding("ei_drift", status, text, since)
 
 
-def di_absolute_rule(h: DeviceHistory, th: Thresholds) -> Finding:
-    """|DI| > 3 sustained: at least ``di_alert_count`` (ALERT) or ``di_warn_count`` (WARN) of the last
-    ``di_window`` acquisitions beyond +3 (or all beyond -3); AAPM TG-116 table II asks for action
-    beyond ±3 DI, and the window keeps one mispositioned patient from raising it."""
-    pts = h.deviation_indices
+def di_levels(values: Sequence[float], th: Thresholds) -> list[Status]:
+    """Per acquisition: how many of the last ``di_window`` DI lie beyond +limit (or beyond -limit)."""
     levels: list[Status] = []
     high: list[bool] = []
     low: list[bool] = []
-    for _, di in pts:
+    for di in values:
         high.append(di > th.di_limit)
         low.append(di < -th.di_limit)
-        over = sum(high[-th.di_window :])
-        under = sum(low[-th.di_window :])
-        worst = max(over, under)
-        levels.append(
-            Status.ALERT
-            if worst >= th.di_alert_count
-            else Status.WARN
-            if worst >= th.di_warn_count
-            else Status.OK
-        )
+        worst = max(sum(high[-th.di_window :]), sum(low[-th.di_window :]))
+        if worst >= th.di_alert_count:
+            levels.append(Status.ALERT)
+        else:
+            levels.append(Status.WARN if worst >= th.di_warn_count else Status.OK)
+    return levels
+
+
+def di_absolute_rule(h: DeviceHistory, th: Thresholds) -> Finding:
+    """|DI| > 3 sustained: at least ``di_alert_count`` (ALERT) or ``di_warn_count`` (WARN) of the last
+    ``di_window`` acquisitions beyond +3 (or as many beyond -3); AAPM TG-116 suggests action
+    beyond ±3 DI, and the window keeps one mispositioned patient from raising it."""
+    pts = h.deviation_indices
+    levels = di_levels([di for _, di in pts], th)
     if not levels or levels[-1] is Status.OK:
         return Finding("di_absolute", Status.OK, f"deviation index within ±{th.di_limit:g}")
     window = [di for _, di in pts[-th.di_window :]]
@@ -349,13 +351,17 @@ def decision_interval(lam0: float, k_steps: int, arl0: float) -> int:
 
 
 def fault_baseline(h: DeviceHistory, window_start: date, first_day: date, th: Thresholds) -> float:
-    """Faults per day before the CUSUM window (at most ``fault_baseline_days``); a prior when short."""
+    """Faults per day before the CUSUM window (at most ``fault_baseline_days``); a prior when short.
+
+    The count's one-sigma upper bound, (n + 1 + sqrt(n + 1)) / days, is used rather than n / days:
+    a baseline estimated low by chance would otherwise raise false alarms."""
     start = max(first_day, window_start - timedelta(days=th.fault_baseline_days))
     days = (window_start - start).days
     if days < th.fault_min_baseline_days:
         return th.fault_prior_rate
     total = sum(sum(c.values()) for d, c in h.faults.items() if start <= d < window_start)
-    return max(total / days, th.fault_rate_floor)
+    upper = total + 1 + math.sqrt(total + 1) if th.fault_baseline_upper else total
+    return max(upper / days, th.fault_rate_floor)
 
 
 def fault_rule(h: DeviceHistory, now: datetime, th: Thresholds) -> Finding:
@@ -472,7 +478,7 @@ def service_rule(h: DeviceHistory, now: datetime, th: Thresholds) -> Finding:
 def silence_rule(h: DeviceHistory, now: datetime, th: Thresholds) -> Finding:
     """A device that usually sends (at least ``silence_min_acquisitions`` on ``silence_min_days``
     days in the window before its last acquisition) and has been quiet for longer than its own
-    longest usual gap times a factor (and at least 24 h / 72 h)."""
+    longest usual gap times 2 (WARN, at least 36 h) or 4 (ALERT, at least 72 h)."""
     last = h.last_acquisition
     times = sorted(h.acquisition_times)
     if last is None or len(times) < th.silence_min_acquisitions:

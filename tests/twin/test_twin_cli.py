@@ -28,9 +28,7 @@ def site(tmp_path: Path) -> Path:
     store = TwinStore(thread_local_connect(storage / "node.db"))
     for i, t in enumerate(times(5, now)):
         store.record_instance(make_ds(f"1.{i}", t, serial="SN-A", station="XR01"), received_at=t)
-    store.record_instance(
-        make_ds("2.0", now, serial="SN-B", station="XR02", software="VB20"), received_at=now
-    )
+    store.record_instance(make_ds("2.0", now, serial="SN-B", station="XR02", software="VB20"), received_at=now)
     faults = [event(now - timedelta(minutes=i), "fault", serial="SN-A", code="E-DET-310") for i in range(12)]
     write_jsonl(tmp_path / "side" / "a.jsonl", faults)
     store.ingest_sidecar(tmp_path / "side", settle_s=0)
@@ -102,9 +100,7 @@ def test_maintenance_add(site: Path) -> None:
     ]
     code, _, err = _run("maintenance", "add", "SN-A", "--kind", "polish", "--note", "x", "--config", cfg)
     assert code == 2 and "--kind: one of" in err
-    code, _, err = _run(
-        "maintenance", "add", "SN-A", "--kind", "qc", "--note", "x", "--at", "soon", "--config", cfg
-    )
+    code, _, err = _run("maintenance", "add", "SN-A", "--kind", "qc", "--note", "x", "--at", "soon", "--config", cfg)
     assert code == 2 and "--at" in err
     code, _, err = _run("device", "NOPE", "--config", cfg)
     assert code == 1 and "no device 'NOPE'" in err

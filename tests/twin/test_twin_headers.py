@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime
 
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 from twin_support import NOW, make_ds
 
 from twin.headers import deviation_index, device_key, read_headers
@@ -14,7 +15,7 @@ from twin.headers import deviation_index, device_key, read_headers
 
 def _raw(ds: Dataset, tag: int, vr: str, value: bytes) -> None:
     """Put a value pydicom would refuse to set, as it arrives off the wire."""
-    ds[tag] = RawDataElement(tag, vr, len(value), value, 0, False, True)
+    ds[tag] = RawDataElement(Tag(tag), vr, len(value), value, 0, False, True)
 
 
 def test_full_header_is_read() -> None:
@@ -43,7 +44,7 @@ def test_deviation_index_is_computed_when_absent() -> None:
     ds.ExposureIndex = "800"
     ds.TargetExposureIndex = "400"
     u = read_headers(ds).usage
-    assert u.deviation_index_computed
+    assert u.deviation_index_computed and u.deviation_index is not None
     assert math.isclose(u.deviation_index, 10 * math.log10(2), abs_tol=1e-3)
     assert deviation_index(0, 400) is None and deviation_index(400, None) is None
 

@@ -33,9 +33,7 @@ def _background_log(side: Path, start: datetime, end: datetime, seed: int, rate:
     while t < end:
         events.append(event(t, "telemetry", values={"detector_temperature": round(rng.gauss(31, 0.8), 1)}))
         if rng.random() < rate / 6:
-            events.append(
-                event(t + timedelta(minutes=7), "fault", code="E-GEN-201", message="generator overload")
-            )
+            events.append(event(t + timedelta(minutes=7), "fault", code="E-GEN-201", message="generator overload"))
         t += timedelta(hours=4)
     write_jsonl(side / "XR01" / "events.jsonl", events)
 
@@ -58,9 +56,7 @@ def test_stable_device_stays_ok_over_500_acquisitions(tmp_path: Path, seed: int)
 
 
 @pytest.mark.parametrize(("seed", "rate", "step"), [(11, 0.1, 0.0), (12, 0.05, 0.0), (13, 0.0, 2.0)])
-def test_drifting_device_turns_warn_within_30_acquisitions(
-    tmp_path: Path, seed: int, rate: float, step: float
-) -> None:
+def test_drifting_device_turns_warn_within_30_acquisitions(tmp_path: Path, seed: int, rate: float, step: float) -> None:
     store = new_store(tmp_path)
     k = 81  # drift starts at acquisition 81, after the 50-image baseline
     n = k + 40
@@ -107,7 +103,7 @@ def test_calibration_lapse_warns_then_alerts(tmp_path: Path) -> None:
     dev = store.record_instance(make_ds("1.1", NOW, calibrated=old), received_at=NOW)
     health = store.health(dev, NOW)
     assert health.status is Status.WARN and "calibration overdue" in health.reasons[0]
-    assert health.status is Status.WARN and health.since.date() == old + timedelta(days=180)
+    assert health.since is not None and health.since.date() == old + timedelta(days=180)
     assert store.health(dev, NOW + timedelta(days=200)).status is Status.ALERT
     store.add_maintenance(dev, "calibration", "gain and offset calibration", NOW + timedelta(days=1))
     assert store.health(dev, NOW + timedelta(days=2)).status is Status.OK
@@ -118,18 +114,14 @@ def test_detector_temperature_out_of_range(tmp_path: Path) -> None:
     ts = times(3, NOW)
     dev = 0
     for i, (t, temp) in enumerate(zip(ts, (31.0, 47.5, 48.0), strict=True)):
-        dev = store.record_instance(
-            make_ds(f"2.{i}", t, temperature=temp, calibrated=CALIBRATED), received_at=t
-        )
+        dev = store.record_instance(make_ds(f"2.{i}", t, temperature=temp, calibrated=CALIBRATED), received_at=t)
     health = store.health(dev, NOW)
     assert health.status is Status.ALERT and "detector temperature 48.0" in health.reasons[0]
     # one hot reading alone is not enough
     (tmp_path / "b").mkdir()
     store2 = new_store(tmp_path / "b")
     for i, (t, temp) in enumerate(zip(ts, (31.0, 31.5, 48.0), strict=True)):
-        dev = store2.record_instance(
-            make_ds(f"3.{i}", t, temperature=temp, calibrated=CALIBRATED), received_at=t
-        )
+        dev = store2.record_instance(make_ds(f"3.{i}", t, temperature=temp, calibrated=CALIBRATED), received_at=t)
     assert store2.health(dev, NOW).status is Status.OK
 
 
@@ -147,24 +139,18 @@ def test_silent_device(tmp_path: Path) -> None:
 def test_service_interval_projects_next_due_date(tmp_path: Path) -> None:
     th = Thresholds(service_interval_days=182, service_interval_exposures=1000)
     start = NOW - timedelta(days=10)
-    busy = DeviceHistory(
-        first_seen=start, service_start=start, exposures_since_service=800, daily_exposure_rate=80
-    )
+    busy = DeviceHistory(first_seen=start, service_start=start, exposures_since_service=800, daily_exposure_rate=80)
     health = assess(busy, NOW, th)
     service = next(f for f in health.findings if f.rule == "service")
     assert service.status is Status.WARN and "maintenance due" in service.reason  # 200 left at 80/day
     overdue = DeviceHistory(first_seen=start, service_start=NOW - timedelta(days=200))
     assert next(f for f in assess(overdue, NOW, th).findings if f.rule == "service").status is Status.ALERT
-    quiet = DeviceHistory(
-        first_seen=start, service_start=start, exposures_since_service=10, daily_exposure_rate=1
-    )
+    quiet = DeviceHistory(first_seen=start, service_start=start, exposures_since_service=10, daily_exposure_rate=1)
     found = next(f for f in assess(quiet, NOW, th).findings if f.rule == "service")
     assert found.status is Status.OK and "next maintenance due" in found.reason
     store = new_store(tmp_path)
     dev = store.record_instance(make_ds("5.1", NOW), received_at=NOW)
-    assert store.device(dev, NOW)["next_maintenance_due"].startswith(
-        (NOW + timedelta(days=182)).date().isoformat()
-    )
+    assert store.device(dev, NOW)["next_maintenance_due"].startswith((NOW + timedelta(days=182)).date().isoformat())
 
 
 def test_poisson_cusum_decision_interval_meets_its_arl() -> None:

@@ -29,7 +29,7 @@ def side(tmp_path: Path) -> Path:
 
 def test_bad_lines_are_quarantined_and_good_lines_around_them_kept(tmp_path: Path, side: Path) -> None:
     store = new_store(tmp_path)
-    lines = [
+    lines: list[dict | str] = [
         _ok(1),
         "{not json",
         _ok(2),
@@ -171,6 +171,26 @@ def test_ambiguous_device_is_quarantined(tmp_path: Path, side: Path) -> None:
     stats = store.ingest_sidecar(side, settle_s=0)
     assert (stats.events, stats.quarantined, stats.devices_created) == (2, 2, 2)
     reasons = sorted(q["reason"] for q in store.quarantine())
-    assert reasons[0].startswith("device matches 2 known devices") and reasons[1].startswith(
-        "device: no serial"
-    )
+    assert reasons[0].startswith("device matches 2 known devices") and reasons[1].startswith("device: no serial")
+
+
+def test_a_crash_mid_batch_reads_nothing_twice(tmp_path: Path, side: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Events and the offset commit together: a failure rolls both back, the retry reads each line once."""
+    store = new_store(tmp_path)
+    write_jsonl(side / "a.jsonl", [_ok(i) for i in range(5)])
+    real = TwinStore._insert_event
+    calls = {"n": 0}
+
+    def flaky(*args: object, **kwargs: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("power cut")
+        real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(TwinStore, "_insert_event", staticmethod(flaky))
+    with pytest.raises(RuntimeError):
+        store.ingest_sidecar(side, settle_s=0)
+    assert _events(store) == []
+    monkeypatch.setattr(TwinStore, "_insert_event", staticmethod(real))
+    assert store.ingest_sidecar(side, settle_s=0).events == 5
+    assert [n for _, n in _events(store)] == [1, 2, 3, 4, 5]

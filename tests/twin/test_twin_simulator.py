@@ -27,9 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def sim() -> ModuleType:
     pytest.importorskip("models.phantoms")
-    spec = importlib.util.spec_from_file_location(
-        "simulate_modality", REPO / "scripts" / "simulate_modality.py"
-    )
+    spec = importlib.util.spec_from_file_location("simulate_modality", REPO / "scripts" / "simulate_modality.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     sys.modules["simulate_modality"] = module
@@ -72,8 +70,8 @@ def test_simulated_fleet_builds_matching_twin_records(tmp_path: Path, sim: Modul
 
 
 def test_simulator_over_c_store_into_the_twin(tmp_path: Path, sim: ModuleType) -> None:
+    from pydicom.uid import ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation
     from pynetdicom import AE, evt
-    from pynetdicom.sop_class import ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation
 
     store = new_store(tmp_path)
     received: list[str] = []
@@ -88,6 +86,7 @@ def test_simulator_over_c_store_into_the_twin(tmp_path: Path, sim: ModuleType) -
     for uid in (ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation):
         scp.add_supported_context(uid, "1.2.840.10008.1.2.1")
     server = scp.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert server is not None
     try:
         port = server.server_address[1]
         out = io.StringIO()

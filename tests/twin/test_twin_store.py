@@ -9,14 +9,13 @@ from pathlib import Path
 
 from twin_support import NOW, PATIENT_ID, PATIENT_NAME, event, make_ds, new_store, times, write_jsonl
 
+from twin.store import TwinStore
+
 
 def _table_counts(path: Path) -> dict[str, int]:
     con = sqlite3.connect(path)
     try:
-        names = [
-            r[0]
-            for r in con.execute("SELECT name FROM sqlite_master WHERE type='table' AND name LIKE 'twin_%'")
-        ]
+        names = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table' AND name LIKE 'twin_%'")]
         return {n: con.execute(f"SELECT count(*) FROM {n}").fetchone()[0] for n in names}
     finally:
         con.close()
@@ -46,8 +45,7 @@ def test_software_update_is_history_not_a_new_device(tmp_path: Path) -> None:
     store = new_store(tmp_path)
     ts = times(6, NOW)
     ids = {
-        store.record_instance(make_ds(f"1.2.9.{i}", t, software="VA10"), received_at=t)
-        for i, t in enumerate(ts[:3])
+        store.record_instance(make_ds(f"1.2.9.{i}", t, software="VA10"), received_at=t) for i, t in enumerate(ts[:3])
     }
     ids |= {
         store.record_instance(make_ds(f"1.2.9.{i + 3}", t, software="VB20"), received_at=t)
@@ -82,9 +80,7 @@ def test_devices_are_keyed_by_serial_or_station(tmp_path: Path) -> None:
     a = store.record_instance(make_ds("2.1", NOW, serial="SN-A"), received_at=NOW)
     b = store.record_instance(make_ds("2.2", NOW, serial="SN-B"), received_at=NOW)
     same = store.record_instance(make_ds("2.3", NOW, serial="SN-A", station="NEWNAME"), received_at=NOW)
-    other_make = store.record_instance(
-        make_ds("2.4", NOW, serial="SN-A", manufacturer="Other"), received_at=NOW
-    )
+    other_make = store.record_instance(make_ds("2.4", NOW, serial="SN-A", manufacturer="Other"), received_at=NOW)
     assert len({a, b, other_make}) == 3 and same == a
     assert store.device(a, NOW)["station"] == "NEWNAME"
     # no serial: the station name keys the device, and a later serial fills it in
@@ -95,9 +91,7 @@ def test_devices_are_keyed_by_serial_or_station(tmp_path: Path) -> None:
 
 def test_sidecar_first_then_headers_is_one_device(tmp_path: Path) -> None:
     store = new_store(tmp_path)
-    write_jsonl(
-        tmp_path / "side" / "log.jsonl", [event(NOW - timedelta(hours=2), "power", code="ON", serial="SN-7")]
-    )
+    write_jsonl(tmp_path / "side" / "log.jsonl", [event(NOW - timedelta(hours=2), "power", code="ON", serial="SN-7")])
     stats = store.ingest_sidecar(tmp_path / "side", settle_s=0)
     assert stats.devices_created == 1
     dev = store.record_instance(make_ds("3.1", NOW, serial="SN-7"), received_at=NOW)
@@ -155,3 +149,33 @@ def test_threads_share_one_database_file(tmp_path: Path) -> None:
         t.join()
     assert not errors
     assert sorted(d["acquisitions"] for d in store.devices(NOW)) == [80, 80]
+
+
+def test_works_on_the_node_store_connections(tmp_path: Path) -> None:
+    """The node hands ``Store.db`` as ``connect`` (autocommit connections, sqlite3.Row rows)."""
+    from dicom_node.store import Store
+
+    node_store = Store(tmp_path / "node.db")
+    try:
+        store = TwinStore(node_store.db)
+        errors: list[BaseException] = []
+
+        def work(k: int) -> None:
+            try:
+                for i in range(20):
+                    store.record_instance(make_ds(f"7.{k}.{i}", NOW), received_at=NOW)
+            except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        write_jsonl(tmp_path / "side" / "a.jsonl", [event(NOW, "fault", code="E1")])
+        assert store.ingest_sidecar(tmp_path / "side", settle_s=0).events == 1
+        assert not errors and store.devices(NOW)[0]["acquisitions"] == 60
+        assert store.evaluate(NOW)[0]["status"] == "OK"
+        assert not node_store.conn().in_transaction
+    finally:
+        node_store.close()
