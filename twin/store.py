@@ -70,7 +70,7 @@ class TwinStore:
             seen = one(db, "SELECT device_id FROM twin_acquisitions WHERE sop_instance_uid = ?", [uid])
             if seen:
                 return int(seen["device_id"])
-            at = headers.usage.acquired_at or received
+            at = _plausible(headers.usage.acquired_at, received)
             device_id, created = registry.resolve(db, headers.identity, at, "headers")
             config_id = registry.record_configuration(db, device_id, headers.configuration, at, uid)
             self._insert_acquisition(db, uid, device_id, config_id, headers, at, received)
@@ -441,6 +441,21 @@ class TwinStore:
         if any(deleted.values()):
             log.info("twin: retention %s", deleted)
         return deleted
+
+
+#: Header times further from the receipt than this are not trusted for the twin's timelines:
+#: de-identified data sets shift dates (the RSNA sample says 1901), and clocks drift.
+PLAUSIBLE_AGE = timedelta(days=365)
+
+
+def _plausible(acquired: datetime | None, received: datetime) -> datetime:
+    """The acquisition time when it is plausible for an image received at ``received``, else receipt."""
+    if acquired is None:
+        return received
+    acquired = aware(acquired)
+    if received - PLAUSIBLE_AGE <= acquired <= received + timedelta(days=1):
+        return acquired
+    return received
 
 
 def _day(d: date | None) -> str | None:

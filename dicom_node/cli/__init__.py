@@ -6,17 +6,15 @@ that print results take ``--json``. A bad config or argument prints one line and
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from dicom_node.config import Config, ConfigError, load_config
+from dicom_node.cli.common import ConfigOpt, JsonOpt, console, err, fail, get_config, print_json
+from dicom_node.config import Config
 
 app = typer.Typer(
     name="dicom-node",
@@ -25,34 +23,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err = Console(stderr=True)
-
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="config file (default: $DICOM_NODE_CONFIG, else ./config.yaml)",
-                 show_default=False),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document instead of a table")]
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print one line to stderr and return the Exit to raise."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
-
-
-def get_config(path: Path | None) -> Config:
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        raise fail(str(exc)) from None
-
-
-def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
-
-
 @app.command()
 def serve(
     config: ConfigOpt = None,
@@ -79,23 +49,32 @@ def serve(
         raise fail(f"cannot listen on {cfg.node.host}:{cfg.node.port}: {exc.strerror}") from None
 
 
+AddressArg = Annotated[str, typer.Argument(help="the peer, as AE@HOST:PORT")]
+CallingAeOpt = Annotated[str | None, typer.Option("--aet", help="our AE title (default node.ae_title)")]
+
+
+def _config_and_peer(config: Path | None, address: str) -> tuple[Config, Any]:
+    from dicom_node.scu import parse_address
+
+    cfg = get_config(config)
+    try:
+        return cfg, parse_address(address)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+
+
 @app.command()
 def echo(
-    address: Annotated[str, typer.Argument(help="the peer, as AE@HOST:PORT")],
+    address: AddressArg,
     config: ConfigOpt = None,
-    calling_ae: Annotated[str | None, typer.Option("--aet", help="our AE title (default node.ae_title)")] = None,
+    calling_ae: CallingAeOpt = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait")] = 10.0,
     as_json: JsonOpt = False,
 ) -> None:
     """C-ECHO a peer: is it there, and does it accept us?"""
     from dicom_node.scu import echo as do_echo
-    from dicom_node.scu import parse_address
 
-    cfg = get_config(config)
-    try:
-        peer = parse_address(address)
-    except ValueError as exc:
-        raise fail(str(exc)) from None
+    cfg, peer = _config_and_peer(config, address)
     res = do_echo(peer, calling_ae=calling_ae or cfg.node.ae_title, timeout_s=timeout)
     if as_json:
         print_json({"peer": str(peer), "ok": res.ok, "status": res.status, "ms": round(res.ms, 1),
@@ -109,21 +88,17 @@ def echo(
 
 @app.command()
 def send(
-    address: Annotated[str, typer.Argument(help="the peer, as AE@HOST:PORT")],
+    address: AddressArg,
     paths: Annotated[list[Path], typer.Argument(help="DICOM files or folders (searched recursively)")],
     config: ConfigOpt = None,
-    calling_ae: Annotated[str | None, typer.Option("--aet", help="our AE title (default node.ae_title)")] = None,
+    calling_ae: CallingAeOpt = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for each response")] = 30.0,
     as_json: JsonOpt = False,
 ) -> None:
     """C-STORE files to a peer over one association, as they are (no re-encoding)."""
-    from dicom_node.scu import iter_dicom_files, parse_address, send_files
+    from dicom_node.scu import iter_dicom_files, send_files
 
-    cfg = get_config(config)
-    try:
-        peer = parse_address(address)
-    except ValueError as exc:
-        raise fail(str(exc)) from None
+    cfg, peer = _config_and_peer(config, address)
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise fail(f"no such file or folder: {missing[0]}")

@@ -6,44 +6,27 @@ while the node serves. ``register(app)`` adds them to the root ``dicom-node`` co
 
 from __future__ import annotations
 
-import json
-import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from dicom_node.config import ConfigError, load_config
+from dicom_node.cli.common import ConfigOpt, JsonOpt, fail, get_config, print_json
 from twin.db import thread_local_connect
 from twin.store import MAINTENANCE_KINDS, TwinStore
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option("--config", help="configuration file (default $DICOM_NODE_CONFIG or ./config.yaml)"),
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
 
 _STYLE = {"OK": "green", "WARN": "yellow", "ALERT": "bold red"}
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    """One line on stderr naming what is wrong, then the exit code."""
-    typer.echo(message, err=True)
-    return typer.Exit(code)
-
-
 def _store(config: Path | None) -> TwinStore:
-    try:
-        cfg = load_config(config)
-    except ConfigError as exc:
-        raise _fail(str(exc), 2) from None
+    cfg = get_config(config)
     db_path = cfg.db_path
     if not db_path.exists():
-        raise _fail(
-            f"no database at {db_path}: start the node first, or check storage.dir in the configuration"
+        raise fail(
+            f"no database at {db_path}: start the node first, or check storage.dir in the configuration", 1
         )
     return TwinStore(thread_local_connect(db_path))
 
@@ -51,23 +34,21 @@ def _store(config: Path | None) -> TwinStore:
 def _device_id(store: TwinStore, ref: str) -> int:
     found = store.find_device(ref)
     if found is None:
-        raise _fail(f"no device {ref!r} (give its id, serial number or station name; see `devices`)")
+        raise fail(f"no device {ref!r} (give its id, serial number or station name; see `devices`)", 1)
     return found
 
 
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
 def _status(status: str) -> str:
     return f"[{_STYLE.get(status, '')}]{status}[/]"
 
 
-def devices(config: ConfigOption = None, as_json: JsonOption = False) -> None:
+def devices(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """List every device the node has seen, with counts and health."""
     rows = _store(config).devices()
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
     table = Table(title=f"{len(rows)} device(s)")
     for col in ("id", "device", "serial", "station", "software", "acq.", "faults", "health"):
@@ -92,14 +73,14 @@ def devices(config: ConfigOption = None, as_json: JsonOption = False) -> None:
 
 def device(
     ref: Annotated[str, typer.Argument(metavar="ID", help="device id, serial number or station name")],
-    config: ConfigOption = None,
-    as_json: JsonOption = False,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Show one device's whole twin: identity, configuration history, usage, faults, maintenance, health."""
     store = _store(config)
     rec = store.device(_device_id(store, ref))
     if as_json:
-        _print_json(rec)
+        print_json(rec)
         return
     con = Console()
     health = rec["health"]
@@ -154,18 +135,18 @@ def maintenance_add(
     kind: Annotated[str, typer.Option("--kind", help=f"one of {', '.join(MAINTENANCE_KINDS)}")],
     note: Annotated[str, typer.Option("--note", help="what was done")],
     at: Annotated[str | None, typer.Option("--at", help="when (ISO 8601; default now)")] = None,
-    config: ConfigOption = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Record a maintenance action on a device (preventive, corrective and calibration restart its
     exposure-index baseline; preventive restarts its service interval)."""
     if kind not in MAINTENANCE_KINDS:
-        raise _fail(f"--kind: one of {', '.join(MAINTENANCE_KINDS)} (got {kind!r})", 2)
+        raise fail(f"--kind: one of {', '.join(MAINTENANCE_KINDS)} (got {kind!r})", 2)
     when = None
     if at:
         try:
             when = datetime.fromisoformat(at)
         except ValueError:
-            raise _fail(f"--at: an ISO 8601 time such as 2025-03-01T14:30 (got {at!r})", 2) from None
+            raise fail(f"--at: an ISO 8601 time such as 2025-03-01T14:30 (got {at!r})", 2) from None
     store = _store(config)
     device_id = _device_id(store, ref)
     record_id = store.add_maintenance(device_id, kind, note, when)

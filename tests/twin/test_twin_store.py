@@ -179,3 +179,25 @@ def test_works_on_the_node_store_connections(tmp_path: Path) -> None:
         assert not node_store.conn().in_transaction
     finally:
         node_store.close()
+
+
+def test_implausible_acquisition_dates_fall_back_to_receipt(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """De-identified sets shift dates (the RSNA sample says 1901): the twin must not date the device so."""
+    from datetime import UTC, datetime
+
+    from pydicom import dcmread
+
+    from dicom_node.testing import rsna_files, require
+    from twin.db import thread_local_connect
+    from twin.store import TwinStore
+
+    files = rsna_files()
+    require(bool(files), "the RSNA sample")
+    store = TwinStore(thread_local_connect(tmp_path / "t.db"))
+    received = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+    for f in files:
+        store.record_instance(dcmread(f, stop_before_pixels=True), received_at=received)
+    [dev] = store.devices(now=received)
+    assert dev["acquisitions"] == len(files)
+    assert dev["last_seen"].startswith("2026-11-01")
+    assert dev["health"]["status"] == "OK", dev["health"]
