@@ -8,7 +8,6 @@ the weights carry their architecture) and ``metadata`` (:class:`CheckpointMetada
 from __future__ import annotations
 
 import hashlib
-import io
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,12 +19,11 @@ from detectron2.modeling import build_model
 from pydicom.uid import generate_uid
 
 import models.backbone  # noqa: F401  (registers build_narrow_resnet_fpn_backbone)
+from models import SHIPPED_WEIGHTS, WEIGHTS_DIR
 from models.detection import ModelInfo
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_CONFIG = CONFIG_DIR / "cascade_rcnn_R18n_FPN_compact.yaml"
-SHIPPED_WEIGHTS = WEIGHTS_DIR / "opacity_cascade_r18n_fpn.pth"
 MODEL_NAME = "dicom-node opacity Cascade R-CNN"
 CLASSES = ("opacity",)
 
@@ -67,7 +65,7 @@ def load_config(name_or_path: str | Path | None = None, opts: list[str] | None =
 def config_from_yaml(text: str) -> CfgNode:
     """A config stored inside a checkpoint."""
     cfg = get_cfg()
-    cfg.merge_from_other_cfg(CfgNode.load_cfg(io.StringIO(text)))
+    cfg.merge_from_other_cfg(CfgNode.load_cfg(text))
     return cfg
 
 
@@ -104,7 +102,9 @@ class CheckpointMetadata:
         return cls(**known)
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain types only (str, not pydicom's UID): checkpoints must load with weights_only."""
         d = asdict(self)
+        d["device_uid"] = str(self.device_uid)
         d["classes"] = list(self.classes)
         return d
 

@@ -319,12 +319,13 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print) -> dict[str, A
         trainer.train(start_iter, max_iter)
     train_s = time.perf_counter() - t_train
 
-    final = out_dir / "model_final.pth"
     meta = checkpointer.metadata
-    meta.iterations = max_iter
     meta.extra["machine"] = _machine()
     meta.extra["train_seconds_this_run"] = f"{train_s:.0f}"
-    save_checkpoint(final, model, cfg, meta)
+    # Detectron2's own final checkpoint (optimizer, scheduler, iteration: --resume can go on from it),
+    # written again so it carries the run's timing too.
+    checkpointer.save("model_final", iteration=max_iter - 1)
+    final = out_dir / "model_final.pth"
     exported = None
     if opts.export is not None:
         exported = save_checkpoint(Path(opts.export), model, cfg, meta, half=True)

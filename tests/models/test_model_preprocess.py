@@ -69,9 +69,7 @@ def test_real_cr_monochrome1_jpeg2000_is_inverted_and_letterboxed():
     assert lung + 40 < spine
 
 
-@pytest.mark.parametrize(
-    "name", ["JPEGLSNearLossless_16.dcm", "MR_small_RLE.dcm", "JPEG2000.dcm", "SC_rgb_rle.dcm"]
-)
+@pytest.mark.parametrize("name", ["JPEGLSNearLossless_16.dcm", "MR_small_RLE.dcm", "JPEG2000.dcm", "SC_rgb_rle.dcm"])
 def test_compressed_syntaxes_and_bit_depths_decode(name):
     ds = pydicom.dcmread(get_testdata_file(name))
     p = prepare(ds, SIZE)
@@ -84,7 +82,11 @@ def test_compressed_syntaxes_and_bit_depths_decode(name):
 def test_same_exposure_looks_the_same_at_any_bit_depth_and_polarity():
     ph = phantoms.generate(3, 1, size=512)
     inputs = []
-    for bits, photometric, modality in [(10, "MONOCHROME2", "CR"), (12, "MONOCHROME1", "CR"), (16, "MONOCHROME2", "DX")]:
+    for bits, photometric, modality in [
+        (10, "MONOCHROME2", "CR"),
+        (12, "MONOCHROME1", "CR"),
+        (16, "MONOCHROME2", "DX"),
+    ]:
         ds = phantoms.to_dataset(ph, _device(bits_stored=bits, photometric=photometric, modality=modality))
         ds = pydicom.dcmread(_roundtrip(ds))
         assert ds.BitsStored == bits
