@@ -26,9 +26,7 @@ def build_narrow_resnet(cfg: CfgNode, input_shape: ShapeSpec) -> ResNet:
     if depth not in _BLOCKS:
         raise ValueError(f"MODEL.RESNETS.DEPTH: 18 or 34 for the narrow ResNet (got {depth})")
     norm = cfg.MODEL.RESNETS.NORM
-    stem = BasicStem(
-        in_channels=input_shape.channels, out_channels=cfg.MODEL.RESNETS.STEM_OUT_CHANNELS, norm=norm
-    )
+    stem = BasicStem(in_channels=input_shape.channels, out_channels=cfg.MODEL.RESNETS.STEM_OUT_CHANNELS, norm=norm)
     out_features = cfg.MODEL.RESNETS.OUT_FEATURES
     in_channels = cfg.MODEL.RESNETS.STEM_OUT_CHANNELS
     out_channels = cfg.MODEL.RESNETS.RES2_OUT_CHANNELS

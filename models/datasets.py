@@ -86,9 +86,7 @@ def rsna_samples(csv_path: Path, images_dir: Path, input_size: int) -> list[Samp
             pid = row["patientId"].strip()
             boxes.setdefault(pid, [])
             if str(row["Target"]).strip() == "1":
-                boxes[pid].append(
-                    (float(row["x"]), float(row["y"]), float(row["width"]), float(row["height"]))
-                )
+                boxes[pid].append((float(row["x"]), float(row["y"]), float(row["width"]), float(row["height"])))
     out = []
     for image_id, pid in enumerate(sorted(boxes), start=1):
         path = Path(images_dir) / f"{pid}.dcm"
@@ -118,9 +116,7 @@ def coco_samples(json_path: Path, input_size: int, image_root: Path | None = Non
             prepared = letterbox(grey, input_size)
         else:
             prepared = prepare(pydicom.dcmread(path), input_size)
-        out.append(
-            Sample(int(img["id"]), str(img["file_name"]), prepared, _xywh_to_xyxy(by_image[img["id"]]))
-        )
+        out.append(Sample(int(img["id"]), str(img["file_name"]), prepared, _xywh_to_xyxy(by_image[img["id"]])))
     return out
 
 

@@ -25,7 +25,8 @@ __all__ = ["TABLE1_IOUS", "FROC_FPPI", "evaluate_detections", "evaluate_detector
 
 
 def _coco_gt(samples: Sequence[Sample]) -> COCO:
-    images, anns = [], []
+    images: list[dict] = []
+    anns: list[dict] = []
     for s in samples:
         images.append({"id": s.image_id, "width": s.letterbox.cols, "height": s.letterbox.rows})
         for b in s.boxes_source:
@@ -66,9 +67,7 @@ def _ap_at(gt: COCO, dets: list[dict], ious: Sequence[float] | None) -> np.ndarr
     return np.asarray(out)
 
 
-def froc(
-    samples: Sequence[Sample], detections: Sequence[Sequence[Detection]], iou: float = 0.5
-) -> dict[float, float]:
+def froc(samples: Sequence[Sample], detections: Sequence[Sequence[Detection]], iou: float = 0.5) -> dict[float, float]:
     """Sensitivity (fraction of boxes found) at each false-positives-per-image rate of FROC_FPPI."""
     total = sum(len(s.boxes_source) for s in samples)
     scored = []  # (score, is_true_positive)
@@ -111,9 +110,7 @@ def _iou_one(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area + areas - inter, 1e-9)
 
 
-def evaluate_detections(
-    samples: Sequence[Sample], detections: Sequence[Sequence[Detection]]
-) -> dict[str, float | int]:
+def evaluate_detections(samples: Sequence[Sample], detections: Sequence[Sequence[Detection]]) -> dict[str, float | int]:
     """Every metric for detections (source pixels) against the samples' ground truth."""
     gt = _coco_gt(samples)
     dets = []

@@ -19,7 +19,7 @@ from detectron2.modeling import build_model
 from pydicom.uid import generate_uid
 
 import models.backbone  # noqa: F401  (registers build_narrow_resnet_fpn_backbone)
-from models import SHIPPED_WEIGHTS, WEIGHTS_DIR
+from models import SHIPPED_WEIGHTS
 from models.detection import ModelInfo
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"

@@ -23,7 +23,7 @@ import numpy as np
 import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 DX_PRESENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"
@@ -76,9 +76,7 @@ class DeviceProfile:
         if not 8 <= self.bits_stored <= 16:
             raise ValueError(f"DeviceProfile.bits_stored: 8 to 16 (got {self.bits_stored})")
         if self.photometric not in ("MONOCHROME1", "MONOCHROME2"):
-            raise ValueError(
-                f"DeviceProfile.photometric: MONOCHROME1 or MONOCHROME2 (got {self.photometric!r})"
-            )
+            raise ValueError(f"DeviceProfile.photometric: MONOCHROME1 or MONOCHROME2 (got {self.photometric!r})")
 
     @property
     def sop_class_uid(self) -> str:
@@ -155,17 +153,9 @@ class Exposure:
         """Every field set: the image's own relative dose drives EI, so headers match the noise."""
         rng = np.random.default_rng([phantom.seed, phantom.index, 104729])
         kvp = self.kvp if self.kvp is not None else device.base_kvp + float(rng.choice([-5.0, 0.0, 0.0, 5.0]))
-        time_ms = (
-            self.exposure_time_ms if self.exposure_time_ms is not None else float(rng.uniform(4.0, 20.0))
-        )
-        mas = (
-            self.mas if self.mas is not None else round(2.5 * phantom.dose * float(rng.uniform(0.9, 1.1)), 2)
-        )
-        tei = (
-            self.target_exposure_index
-            if self.target_exposure_index is not None
-            else device.target_exposure_index
-        )
+        time_ms = self.exposure_time_ms if self.exposure_time_ms is not None else float(rng.uniform(4.0, 20.0))
+        mas = self.mas if self.mas is not None else round(2.5 * phantom.dose * float(rng.uniform(0.9, 1.1)), 2)
+        tei = self.target_exposure_index if self.target_exposure_index is not None else device.target_exposure_index
         ei = self.exposure_index if self.exposure_index is not None else round(tei * phantom.dose, 1)
         di = self.deviation_index if self.deviation_index is not None else deviation_index(ei, tei)
         temp = (
@@ -213,7 +203,7 @@ class Phantom:
     patient_age_years: int = 50
 
 
-def _smoothstep(e0: float, e1: float, x: np.ndarray) -> np.ndarray:
+def _smoothstep(e0: float | np.ndarray, e1: float | np.ndarray, x: np.ndarray) -> np.ndarray:
     t = np.clip((x - e0) * (1.0 / (e1 - e0)), 0.0, 1.0)
     return t * t * (3.0 - 2.0 * t)
 
@@ -221,7 +211,7 @@ def _smoothstep(e0: float, e1: float, x: np.ndarray) -> np.ndarray:
 def _lowfreq(rng: np.random.Generator, cells: int, n: int) -> np.ndarray:
     """Smooth noise in [-1, 1]-ish on an n x n grid (bilinear upsampling of a coarse field)."""
     coarse = rng.standard_normal((cells, cells)).astype(np.float32)
-    return np.asarray(Image.fromarray(coarse, mode="F").resize((n, n), Image.BICUBIC), dtype=np.float32)
+    return np.asarray(Image.fromarray(coarse, mode="F").resize((n, n), Image.Resampling.BICUBIC), dtype=np.float32)
 
 
 @dataclass
@@ -477,7 +467,7 @@ def _upsample(img: np.ndarray, size: int) -> np.ndarray:
     """Bilinear resampling to size x size (pixel centres aligned); an exact 2x is done in numpy."""
     n = img.shape[0]
     if size != 2 * n:
-        return np.asarray(Image.fromarray(img, mode="F").resize((size, size), Image.BILINEAR))
+        return np.asarray(Image.fromarray(img, mode="F").resize((size, size), Image.Resampling.BILINEAR))
     out = np.empty((size, n), dtype=np.float32)
     prev = np.concatenate([img[:1], img[:-1]])
     nxt = np.concatenate([img[1:], img[-1:]])
@@ -610,10 +600,10 @@ def to_dataset(
     tm = acquired.strftime("%H%M%S")
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION
     ds = Dataset()
     ds.file_meta = meta
@@ -704,9 +694,7 @@ def to_dataset(
         ds.DetectorID = device.detector_id
         ds.DetectorManufacturerName = device.manufacturer
         ds.DetectorManufacturerModelName = device.model
-        ds.DateOfLastDetectorCalibration = (
-            exp.calibration_date.strftime("%Y%m%d") if exp.calibration_date else ""
-        )
+        ds.DateOfLastDetectorCalibration = exp.calibration_date.strftime("%Y%m%d") if exp.calibration_date else ""
         ds.DetectorTemperature = _ds_str(exp.detector_temperature or 0.0)
         ds.ImagerPixelSpacing = [spacing, spacing]
         # DX Positioning (C.8.11.5)
@@ -738,9 +726,7 @@ def to_dataset(
     if not is_dx:
         # Not in the CR IOD, but every CR reader's service log keeps them: private-free standard tags.
         ds.DetectorID = device.detector_id
-        ds.DateOfLastDetectorCalibration = (
-            exp.calibration_date.strftime("%Y%m%d") if exp.calibration_date else ""
-        )
+        ds.DateOfLastDetectorCalibration = exp.calibration_date.strftime("%Y%m%d") if exp.calibration_date else ""
         ds.DetectorTemperature = _ds_str(exp.detector_temperature or 0.0)
 
     # VOI LUT (C.11.2): the window a viewer should open with, over the stored range.
@@ -791,9 +777,7 @@ def coco_dict(phantoms: list[Phantom], file_names: list[str]) -> dict:
     }
 
 
-def write_dataset(
-    out_dir: Path, n: int, seed: int, size: int = 1024, device: DeviceProfile | None = None
-) -> Path:
+def write_dataset(out_dir: Path, n: int, seed: int, size: int = 1024, device: DeviceProfile | None = None) -> Path:
     """Write ``n`` phantoms as DICOM files and their labels as ``coco.json``; return the JSON path.
 
     Without ``device`` the images rotate through a small fleet (``device_fleet(3, seed)``), so a

@@ -143,7 +143,7 @@ def letterbox(image: np.ndarray, size: int) -> Prepared:
         image = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     if (h, w) != (rows, cols):
         # Pillow's area-aware bilinear filter antialiases on downscaling.
-        image = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+        image = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
     out = np.zeros((size, size), dtype=np.uint8)
     out[:h, :w] = image
     return Prepared(image=out, letterbox=box)

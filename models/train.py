@@ -65,9 +65,7 @@ class TrainOptions:
     def source(self) -> str:
         given = [x for x in (self.phantoms, self.rsna_csv, self.coco_json) if x is not None]
         if len(given) != 1:
-            raise ValueError(
-                "give exactly one of --phantoms N, --rsna-csv CSV (with --images DIR), --coco JSON"
-            )
+            raise ValueError("give exactly one of --phantoms N, --rsna-csv CSV (with --images DIR), --coco JSON")
         if self.rsna_csv is not None and self.images is None:
             raise ValueError("--rsna-csv needs --images DIR (the DICOM folder)")
         if self.phantoms is not None:
@@ -77,9 +75,7 @@ class TrainOptions:
         return f"coco json={Path(self.coco_json or '').name}"
 
 
-def load_samples(
-    opts: TrainOptions, input_size: int, progress: Callable[[int], None] | None = None
-) -> list[Sample]:
+def load_samples(opts: TrainOptions, input_size: int, progress: Callable[[int], None] | None = None) -> list[Sample]:
     """The training set, preprocessed for the model."""
     if opts.phantoms is not None:
         return datasets.phantom_samples(opts.phantoms, opts.seed, input_size, progress=progress)
@@ -176,16 +172,12 @@ class _Progress(HookBase):
                 console=console,
             )
             self._progress.start()
-            self._task = self._progress.add_task(
-                "train", total=self.max_iter, completed=self.trainer.iter, status=""
-            )
+            self._task = self._progress.add_task("train", total=self.max_iter, completed=self.trainer.iter, status="")
 
     def after_step(self) -> None:
         it = self.trainer.iter + 1
         storage = self.trainer.storage
-        loss = (
-            storage.history("total_loss").median(20) if "total_loss" in storage.histories() else float("nan")
-        )
+        loss = storage.history("total_loss").median(20) if "total_loss" in storage.histories() else float("nan")
         lr = storage.history("lr").latest() if "lr" in storage.histories() else float("nan")
         status = f"loss {loss:.3f} lr {lr:.4f}"
         if self._progress is not None:
@@ -245,9 +237,7 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print) -> dict[str, A
     log(f"preparing training data: {source}")
     samples = load_samples(opts, size)
     fp = datasets.fingerprint(samples)
-    val = (
-        datasets.phantom_samples(opts.val_phantoms, opts.seed + 1_000_003, size) if opts.val_phantoms else []
-    )
+    val = datasets.phantom_samples(opts.val_phantoms, opts.seed + 1_000_003, size) if opts.val_phantoms else []
     log(
         f"{len(samples)} training images, {sum(len(s.boxes_source) for s in samples)} boxes, "
         f"fingerprint {fp[:16]}, prepared in {time.perf_counter() - t0:.0f}s"
@@ -297,9 +287,7 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print) -> dict[str, A
         model.train()
         res_it = {"iteration": trainer.iter + 1, **res}
         evaluations.append(res_it)
-        log(
-            f"eval @ {trainer.iter + 1}: AP50 {res['AP50']:.3f} AP {res['AP']:.3f} AP@0.7 {res['AP@0.7']:.3f}"
-        )
+        log(f"eval @ {trainer.iter + 1}: AP50 {res['AP50']:.3f} AP {res['AP']:.3f} AP@0.7 {res['AP@0.7']:.3f}")
         return {f"val/{k}": float(v) for k, v in res.items()}
 
     max_iter = int(cfg.SOLVER.MAX_ITER)
@@ -307,9 +295,7 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print) -> dict[str, A
         [
             hooks.IterationTimer(),
             hooks.LRScheduler(optimizer=optimizer, scheduler=scheduler),
-            hooks.PeriodicCheckpointer(
-                checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, max_iter=max_iter, max_to_keep=2
-            ),
+            hooks.PeriodicCheckpointer(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, max_iter=max_iter, max_to_keep=2),
             hooks.EvalHook(cfg.TEST.EVAL_PERIOD, run_eval),
             _Progress(max_iter, log),
         ]
