@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pydicom
@@ -228,3 +230,31 @@ def test_bad_config_names_its_key(tmp_path: Path, text: str, key: str) -> None:
     lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1, res.stderr
     assert key in lines[0]
+
+
+def test_sigterm_lets_an_inflight_association_finish(node: NodeProcess, rsna: list[Path], tmp_path: Path) -> None:
+    """Graceful stop: the listener closes, but an association already sending completes, every
+    instance it got Success for is stored, and running analysis jobs are released, not lost."""
+    files = [_fresh_copy(rsna[i % len(rsna)], tmp_path / f"{i:02d}.dcm") for i in range(40)]
+    sender = subprocess.Popen(["storescu", "-xy", "-v", "-aet", "MODALITY1", "-aec", "DICOM_NODE", "127.0.0.1",
+                               str(node.port), *map(str, files)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    assert node.proc is not None
+    deadline = time.monotonic() + 60
+    while "instance stored" not in node.log_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    node.proc.send_signal(signal.SIGTERM)
+    out, _ = sender.communicate(timeout=120)
+    assert node.stop() == 0
+    acknowledged = out.count("Received Store Response (Success)")
+    assert acknowledged == len(files), out[-2000:]
+    assert sender.returncode == 0
+    # A fresh start on the same storage finds every acknowledged instance and finishes every job.
+    restarted = NodeProcess(node.root, port=node.port).start()
+    try:
+        st = restarted.wait_jobs_settled(len(files), timeout_s=600)
+        assert st["instances"] == acknowledged
+        assert st["jobs"]["running"] == 0 and st["jobs"]["failed"] == 0
+    finally:
+        restarted.stop()
