@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import io
 import logging
+import struct
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_file_meta_info
@@ -39,6 +41,7 @@ DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC210
 
 # Image pixel attributes every image SOP class we accept requires (PS3.3 C.7.6.3, Type 1).
+_UNDEFINED_LENGTH = 0xFFFFFFFF
 _PIXEL_MODULE = ("Rows", "Columns", "BitsAllocated", "SamplesPerPixel", "PhotometricInterpretation")
 
 
@@ -69,15 +72,39 @@ def parse_dataset(stream: io.BytesIO | bytes, transfer_syntax: str) -> Dataset:
         if ts == DeflatedExplicitVRLittleEndian:
             data = zlib.decompress(data, -zlib.MAX_WBITS)
         ds = read_dataset(io.BytesIO(data), ts.is_implicit_VR, ts.is_little_endian)
+        _check_encoding(ds, ts)
         # Walk every element once so a malformed value raises here, not later in the worker.
         for _elem in ds.iterall():
             pass
     except (InvalidDicomError, ValueError, KeyError, EOFError, OverflowError, NotImplementedError,
-            zlib.error, TypeError, AttributeError, IndexError) as exc:
+            zlib.error, TypeError, AttributeError, IndexError, BytesLengthException, struct.error,
+            OSError) as exc:
+        # OSError here is pydicom's "No tag to read" on a stream cut inside a tag, not a disk error:
+        # the data set is in memory.
         raise RejectInstance(CANNOT_UNDERSTAND, f"data set cannot be parsed: {type(exc).__name__}") from exc
     if len(ds) == 0:
         raise RejectInstance(CANNOT_UNDERSTAND, "data set is empty")
     return ds
+
+
+def _check_encoding(ds: Dataset, ts: UID) -> None:
+    """Refuse a data set that pydicom could only read by guessing (PS3.5 §7.1, §10).
+
+    pydicom reads leniently: it switches to implicit VR when the bytes look implicit, and a value
+    whose length field runs past the end of the data is returned short. Stored as sent, either
+    would give a file that other readers (DCMTK, a PACS) cannot open, so both are refused here.
+    """
+    implicit, little = ds.original_encoding
+    if implicit != ts.is_implicit_VR or little != ts.is_little_endian:
+        raise RejectInstance(CANNOT_UNDERSTAND, "data set is not encoded in the negotiated transfer syntax")
+    for tag in list(ds.keys()):
+        raw = ds.get_item(tag)
+        if isinstance(raw, RawDataElement) and raw.length != _UNDEFINED_LENGTH and raw.value is not None \
+                and len(raw.value) < raw.length:
+            raise RejectInstance(
+                CANNOT_UNDERSTAND,
+                f"data set is truncated: {tag} declares {raw.length} bytes, {len(raw.value)} are present",
+            )
 
 
 def check_dataset(ds: Dataset, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> None:

@@ -47,6 +47,8 @@ REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # rejected-permanent, service-user, call
 REJECT_BUSY = (0x02, 0x03, 0x02)        # rejected-transient, service-provider (presentation), local limit
 REJECT_RATE = (0x02, 0x01, 0x01)        # rejected-transient, service-user, no reason given
 
+_PYNETDICOM_CEILING = 4096  # threads pynetdicom itself would let negotiate at once (see Receiver._build_ae)
+
 
 def transfer_syntaxes() -> list[str]:
     """Uncompressed syntaxes plus every compressed one that an installed decoder can read."""
@@ -62,8 +64,12 @@ class AssociationPolicy:
     _recent: dict[str, deque[float]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def decide(self, called_ae: str, calling_ae: str, host: str) -> tuple[int, int, int] | None:
-        """None to accept, else the A-ASSOCIATE-RJ (result, source, reason) to send."""
+    def decide(self, called_ae: str, calling_ae: str, host: str, *, busy: bool = False) -> tuple[int, int, int] | None:
+        """None to accept, else the A-ASSOCIATE-RJ (result, source, reason) to send.
+
+        ``busy``: ``node.max_associations`` are already in use. It is checked after the AE titles and
+        before the rate, so a sender turned away because the node is full is not also charged a try.
+        """
         if called_ae.strip() != self.ae_title:
             return REJECT_CALLED_AE
         if not self.peers.allow_any and not any(
@@ -72,6 +78,8 @@ class AssociationPolicy:
             for rule in self.peers.allowed
         ):
             return REJECT_CALLING_AE
+        if busy:
+            return REJECT_BUSY
         if self.peers.rate_limit_per_min and not self._within_rate(calling_ae.strip(), host):
             return REJECT_RATE
         return None
@@ -121,6 +129,7 @@ class Receiver:
         self.policy = AssociationPolicy(cfg.node.ae_title, cfg.peers)
         self._stats: dict[int, _AssocStats] = {}
         self._stats_lock = threading.Lock()
+        self._admit_lock = threading.Lock()
         self.server: ThreadedAssociationServer | None = None
         self.ae = self._build_ae()
         self.counters = {"accepted": 0, "rejected": 0, "instances": 0, "bytes": 0}
@@ -128,7 +137,10 @@ class Receiver:
     def _build_ae(self) -> AE:
         node = self.cfg.node
         ae = AE(ae_title=node.ae_title)
-        ae.maximum_associations = node.max_associations
+        # node.max_associations is enforced in _on_requested. pynetdicom's own count also takes in
+        # connections that never sent an A-ASSOCIATE-RQ (a port probe, a health check), each held
+        # until the ACSE timeout, so a few probes would turn real senders away; keep it out of the way.
+        ae.maximum_associations = _PYNETDICOM_CEILING
         ae.maximum_pdu_size = node.max_pdu_size
         ae.network_timeout = node.network_timeout_s
         ae.acse_timeout = node.acse_timeout_s
@@ -190,9 +202,11 @@ class Receiver:
         called = str(rq.called_ae_title)
         calling = str(rq.calling_ae_title)
         host = str(assoc.requestor.address)
-        decision = self.policy.decide(called, calling, host)
-        if decision is None:
-            return
+        with self._admit_lock:
+            busy = self._in_use(assoc) >= self.cfg.node.max_associations
+            decision = self.policy.decide(called, calling, host, busy=busy)
+            if decision is None:
+                return
         result, source, reason = decision
         log.warning("association rejected", extra={"calling_ae": calling.strip(), "called_ae": called.strip(),
                                                     "peer_host": host, "reason": reason})
@@ -200,6 +214,21 @@ class Receiver:
         self._audit("association", calling, host, "rejected", {"called_ae": called.strip(), "reason": reason})
         assoc.acse.send_reject(result, source, reason)
         assoc.kill()  # as pynetdicom does after its own rejections: lets the DUL flush the A-ASSOCIATE-RJ
+
+    def _in_use(self, current: Association) -> int:
+        """Inbound associations other than ``current`` that sent an A-ASSOCIATE-RQ and have not ended.
+
+        A connection that never sent a request has no primitive yet and does not count; nor does
+        one that was rejected, aborted or released (its thread may linger a moment).
+        """
+        server = self.server
+        if server is None:
+            return 0
+        return sum(
+            1 for a in server.active_associations
+            if a is not current and a.is_acceptor and a.requestor.primitive is not None
+            and not (a.is_rejected or a.is_aborted or a.is_released)
+        )
 
     def _on_established(self, event: evt.Event) -> None:
         self.counters["accepted"] += 1
