@@ -117,11 +117,24 @@ class Destination(_Section):
     port: int = Field(ge=1, le=65535)
     kinds: list[ResultKind] = Field(default_factory=lambda: list(RESULT_KINDS))
     tls: bool = False
+    # DICOM TLS to this destination (PS3.15 B.1): the CA that signed its certificate (else the
+    # system's CAs), and this node's client certificate and key when the destination requires one.
+    tls_ca: Path | None = None
+    tls_certificate: Path | None = None
+    tls_key: Path | None = None
 
     @field_validator("ae_title")
     @classmethod
     def _ae(cls, v: str) -> str:
         return _check_ae_title(v)
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> Destination:
+        if not self.tls and (self.tls_ca or self.tls_certificate or self.tls_key):
+            raise ValueError(f"destination {self.name!r}: tls_ca, tls_certificate and tls_key need tls: true")
+        if (self.tls_certificate is None) != (self.tls_key is None):
+            raise ValueError(f"destination {self.name!r}: tls_certificate and tls_key go together")
+        return self
 
 
 class WorkerConfig(_Section):
@@ -334,4 +347,9 @@ def _anchor_paths(cfg: Config, base: Path) -> Config:
         cfg.node.tls.key = anchor(cfg.node.tls.key)
         if cfg.node.tls.ca is not None:
             cfg.node.tls.ca = anchor(cfg.node.tls.ca)
+    for dest in cfg.destinations:
+        for key in ("tls_ca", "tls_certificate", "tls_key"):
+            value = getattr(dest, key)
+            if value is not None:
+                setattr(dest, key, anchor(value))
     return cfg

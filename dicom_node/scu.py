@@ -22,7 +22,7 @@ from pynetdicom import AE
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from dicom_node.config import Config
+from dicom_node.config import Config, Destination
 from dicom_node.store import Job, Store
 from dicom_node.worker import Outcome as WorkOutcome
 
@@ -39,9 +39,17 @@ class Peer:
     host: str
     port: int
     tls: bool = False
+    tls_ca: Path | None = None           # CA file that signs the peer's certificate; None: the system's
+    tls_certificate: Path | None = None  # our client certificate, for peers that require one
+    tls_key: Path | None = None
 
     def __str__(self) -> str:
         return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+def peer_for(dest: Destination) -> Peer:
+    """The peer a configured destination names, with its DICOM TLS settings."""
+    return Peer(dest.ae_title, dest.host, dest.port, dest.tls, dest.tls_ca, dest.tls_certificate, dest.tls_key)
 
 
 def parse_address(text: str) -> Peer:
@@ -71,11 +79,22 @@ class SendReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
+def client_ssl_context(peer: Peer) -> ssl.SSLContext:
+    """DICOM TLS as a client (PS3.15 B.1): verify the peer against ``tls_ca`` (else the system's CAs)
+    and its host name; present our certificate when one is configured."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH,
+                                     cafile=str(peer.tls_ca) if peer.tls_ca is not None else None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if peer.tls_certificate is not None:
+        ctx.load_cert_chain(str(peer.tls_certificate), str(peer.tls_key) if peer.tls_key is not None else None)
+    return ctx
+
+
 def _client_ssl(peer: Peer, ssl_context: ssl.SSLContext | None) -> tuple[ssl.SSLContext, str] | None:
     if ssl_context is not None:
         return ssl_context, peer.host
     if peer.tls:
-        return ssl.create_default_context(ssl.Purpose.SERVER_AUTH), peer.host
+        return client_ssl_context(peer), peer.host
     return None
 
 
@@ -242,7 +261,7 @@ class Delivery:
                     out[job.id] = WorkOutcome("failed", "result object is missing from the outbox")
                     continue
                 items.append((str(job.id), Path(row["path"])))
-            peer = Peer(dest.ae_title, dest.host, dest.port, dest.tls)
+            peer = peer_for(dest)
             report = send_datasets(peer, items, calling_ae=self.cfg.node.ae_title)
             failed = dict(report.failed)
             for job in group:
@@ -268,5 +287,5 @@ class Delivery:
 def echo_destinations(cfg: Config, store: Store) -> None:
     """C-ECHO every destination and record the answer (the node's view of its peers' health)."""
     for d in cfg.destinations:
-        res = echo(Peer(d.ae_title, d.host, d.port, d.tls), calling_ae=cfg.node.ae_title, timeout_s=10)
+        res = echo(peer_for(d), calling_ae=cfg.node.ae_title, timeout_s=10)
         store.set_echo(d.name, res.ok, res.error)
