@@ -10,7 +10,7 @@ import logging
 import signal
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from pydicom.uid import generate_uid
@@ -27,6 +27,9 @@ from dicom_node.worker import Analysis, StepFn, WorkerPool
 from models import SHIPPED_WEIGHTS
 from twin import jobs as twin_jobs
 from twin.store import TwinStore
+
+if TYPE_CHECKING:
+    from dicom_node.admin import AdminServer
 
 PEER_ECHO_EVERY_S = 300.0
 
@@ -79,6 +82,11 @@ class Node:
             on_stored=self.analysis.wake,
         )
         self.receiver = Receiver(cfg, self.store, self.ingest)
+        self.admin: AdminServer | None = None
+        if cfg.admin.enabled:
+            from dicom_node.admin import AdminServer  # FastAPI and uvicorn load only when the console is on
+
+            self.admin = AdminServer(self)
         self.address: tuple[str, int] | None = None
         self._stopped = threading.Event()
 
@@ -86,6 +94,8 @@ class Node:
         self.analysis.start()
         self.delivery.start()
         self.address = self.receiver.start()
+        if self.admin is not None:
+            self.admin.start()
         self.scheduler.start()
         log.info("node serving", extra={"ae_title": self.cfg.node.ae_title, "host": self.address[0],
                                         "port": self.address[1], "storage": str(self.cfg.storage.dir),
@@ -100,6 +110,8 @@ class Node:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         released = self.analysis.stop(grace_s) + self.delivery.stop(grace_s)
+        if self.admin is not None:
+            self.admin.stop()
         log.info("node stopped", extra={"associations_aborted": aborted, "jobs_released": released})
         self.store.close()
 

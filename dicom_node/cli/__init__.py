@@ -229,10 +229,11 @@ def _when(at: float | None, ok: int | None) -> str:
 
 
 def _mount() -> None:
-    from dicom_node.cli import model, twin
+    from dicom_node.cli import logs, model, twin
 
     app.add_typer(model.app, name="model", help="The detector: train, evaluate, inspect.")
     twin.register(app)
+    logs.register(app)
 
 
 _mount()
