@@ -32,7 +32,7 @@ from models import datasets
 from models.datasets import Sample
 from models.detector import Detector, pick_device
 from models.evaluate import evaluate_detector
-from models.modeling import CheckpointMetadata, build, load_config, resolve_config, save_checkpoint
+from models.modeling import MODEL_NAME, CheckpointMetadata, build, load_config, resolve_config, save_checkpoint
 
 __all__ = ["TrainOptions", "train"]
 
@@ -249,7 +249,9 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print) -> dict[str, A
     loader = batches(samples, cfg.SOLVER.IMS_PER_BATCH, size, channels, opts.seed)
     trainer = SimpleTrainer(model, loader, optimizer)
     scheduler = build_lr_scheduler(cfg, optimizer)
+    cascade = cfg.MODEL.ROI_HEADS.NAME == "CascadeROIHeads"
     metadata = CheckpointMetadata(
+        name=MODEL_NAME if cascade else MODEL_NAME.replace("Cascade R-CNN", "Faster R-CNN"),
         version=opts.version,
         device_uid=generate_uid(),
         input_size=size,
