@@ -12,7 +12,8 @@ METRICS = ("AP", "AP50", "AP75", "AP@0.2", "AP@0.4", "AP@0.5", "AP@0.7")
 
 
 def _model(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-c", "from dicom_node.cli.model import app; app()", *args]
+    # `dicom-node model ...` through the root command's own entry function.
+    cmd = [sys.executable, "-c", "from dicom_node.cli import main; main()", "model", *args]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
