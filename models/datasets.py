@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from PIL import Image
 
 from models import phantoms
 from models.preprocess import Letterbox, Prepared, letterbox, prepare
@@ -110,8 +111,6 @@ def coco_samples(json_path: Path, input_size: int, image_root: Path | None = Non
     for img in data["images"]:
         path = root / img["file_name"]
         if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".tif", ".tiff"):
-            from PIL import Image
-
             grey = np.asarray(Image.open(path).convert("L"), dtype=np.float32) / 255.0
             prepared = letterbox(grey, input_size)
         else:

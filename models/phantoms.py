@@ -786,13 +786,12 @@ def write_dataset(out_dir: Path, n: int, seed: int, size: int = 1024, device: De
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fleet = [device] if device is not None else device_fleet(3, seed)
-    study = generate_uid()
     phantoms: list[Phantom] = []
     names: list[str] = []
     for i in range(n):
         ph = generate(seed, i, size=size)
         dev = fleet[i % len(fleet)]
-        ds = to_dataset(ph, dev, study_uid=study if n == 1 else None)
+        ds = to_dataset(ph, dev)  # one patient, one study per phantom
         name = f"phantom_{seed}_{i:05d}.dcm"
         pydicom.dcmwrite(out_dir / name, ds, enforce_file_format=True)
         phantoms.append(ph)
