@@ -13,6 +13,7 @@ import ssl
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -130,6 +131,11 @@ class Receiver:
         self._stats: dict[int, _AssocStats] = {}
         self._stats_lock = threading.Lock()
         self._admit_lock = threading.Lock()
+        # Store work (ingest, audit) runs on this fixed set of threads, never on an association's own
+        # thread: the store opens one SQLite connection per thread and keeps it until it is closed, so
+        # each short-lived association thread left two file descriptors behind, and past ~1000 of
+        # them select() fails and the listener drops every connection (found by the fuzz tests).
+        self._db = ThreadPoolExecutor(max_workers=cfg.node.max_associations + 1, thread_name_prefix="receiver-db")
         self.server: ThreadedAssociationServer | None = None
         self.ae = self._build_ae()
         self.counters = {"accepted": 0, "rejected": 0, "instances": 0, "bytes": 0}
@@ -191,6 +197,10 @@ class Receiver:
         left = [a for a in server.active_associations if a.is_established]
         for assoc in server.active_associations:
             assoc.abort()
+        deadline = time.monotonic() + 2.0  # let the aborted ones write their audit rows
+        while server.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._db.shutdown(wait=True)
         self.server = None
         return len(left)
 
@@ -243,8 +253,8 @@ class Receiver:
         calling = str(assoc.requestor.ae_title).strip()
         data = cast(io.BytesIO, cast(C_STORE, event.request).DataSet)
         size = data.getbuffer().nbytes
-        outcome = self.ingest.receive(event.file_meta, data, calling_ae=calling,
-                                      peer_host=str(assoc.requestor.address))
+        outcome = self._db.submit(self.ingest.receive, event.file_meta, data, calling_ae=calling,
+                                  peer_host=str(assoc.requestor.address)).result()
         with self._stats_lock:
             st = self._stats.get(id(assoc))
             if st is not None:
@@ -275,6 +285,7 @@ class Receiver:
 
     def _audit(self, event: str, ae: str, host: str, outcome: str, detail: dict[str, Any]) -> None:
         try:
-            self.store.audit(event, peer_ae=ae.strip(), peer_host=host, outcome=outcome, detail=detail)
+            self._db.submit(self.store.audit, event, peer_ae=ae.strip(), peer_host=host, outcome=outcome,
+                            detail=detail).result()
         except Exception:  # the audit trail must never break an association
             log.exception("audit write failed")
