@@ -44,7 +44,7 @@ class Node:
     def __init__(self, cfg: Config, *, steps: Sequence[StepFn] | None = None) -> None:
         self.cfg = cfg
         weights = cfg.model.weights or SHIPPED_WEIGHTS
-        if not weights.is_file():
+        if cfg.worker.threads > 0 and not weights.is_file():  # a receive-only node needs no model
             raise ValueError(f"model.weights: no such file {weights}")
         cfg.storage.dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(cfg.db_path)
