@@ -148,6 +148,7 @@ class DeliveryConfig(_Section):
     max_attempts: int = Field(8, ge=1)
     backoff_s: float = Field(2.0, gt=0)
     backoff_max_s: float = Field(600.0, gt=0)
+    lease_s: float = Field(120.0, gt=0)  # a delivery held longer than this by a dead worker is taken again
     return_to_sender: dict[str, str] = Field(default_factory=dict)
 
 

@@ -65,7 +65,7 @@ class Node:
         )
         self.delivery = WorkerPool(
             self.store, "deliver", ["deliver"], Delivery(cfg, self.store),
-            threads=1 if cfg.destinations else 0, batch_size=16, lease_s=120.0,
+            threads=1 if cfg.destinations else 0, batch_size=16, lease_s=cfg.delivery.lease_s,
         )
         self.scheduler = BackgroundScheduler(timezone="UTC")
         twin_jobs.register(self.scheduler, self.twin, cfg.twin.sidecar_dir, cfg.twin.sidecar_poll_s,
@@ -93,9 +93,16 @@ class Node:
     def start(self) -> None:
         self.analysis.start()
         self.delivery.start()
-        self.address = self.receiver.start()
-        if self.admin is not None:
-            self.admin.start()
+        try:
+            try:
+                self.address = self.receiver.start()
+            except OSError as exc:
+                raise OSError(exc.errno, f"DICOM {self.cfg.node.host}:{self.cfg.node.port}: {exc.strerror}") from None
+            if self.admin is not None:
+                self.admin.start()  # its OSError names the admin address
+        except OSError:
+            self.stop(grace_s=0)
+            raise
         self.scheduler.start()
         log.info("node serving", extra={"ae_title": self.cfg.node.ae_title, "host": self.address[0],
                                         "port": self.address[1], "storage": str(self.cfg.storage.dir),

@@ -467,7 +467,7 @@ def _upsample(img: np.ndarray, size: int) -> np.ndarray:
     """Bilinear resampling to size x size (pixel centres aligned); an exact 2x is done in numpy."""
     n = img.shape[0]
     if size != 2 * n:
-        return np.asarray(Image.fromarray(img, mode="F").resize((size, size), Image.Resampling.BILINEAR))
+        return np.array(Image.fromarray(img, mode="F").resize((size, size), Image.Resampling.BILINEAR))
     out = np.empty((size, n), dtype=np.float32)
     prev = np.concatenate([img[:1], img[:-1]])
     nxt = np.concatenate([img[1:], img[-1:]])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ from pynetdicom import AE, build_context
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.sop_class import RTPlanStorage  # type: ignore[attr-defined]
 
-from dicom_node.testing import NodeProcess, storescu
+from dicom_node.testing import NodeProcess, free_port, storescu
 
 PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 REAL_CRS = sorted((PYDICOM_FILES / "dicomdirtests" / "77654033").glob("CR*/*"))
@@ -230,6 +231,28 @@ def test_bad_config_names_its_key(tmp_path: Path, text: str, key: str) -> None:
     lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1, res.stderr
     assert key in lines[0]
+
+
+@pytest.mark.parametrize("busy", ["dicom", "admin"])
+def test_busy_port_names_the_listener_and_exits(tmp_path: Path, busy: str) -> None:
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    taken = holder.getsockname()[1]
+    dicom_port = taken if busy == "dicom" else free_port()
+    admin_port = taken if busy == "admin" else free_port()
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text(f"node: {{host: 127.0.0.1, port: {dicom_port}}}\nstorage: {{dir: {tmp_path / 'var'}}}\n"
+                   f"admin: {{host: 127.0.0.1, port: {admin_port}}}\nworker: {{threads: 0}}\n")
+    try:
+        res = subprocess.run([sys.executable, "-m", "dicom_node.cli", "serve", "--config", str(cfg)],
+                             capture_output=True, text=True, timeout=60)
+    finally:
+        holder.close()
+    assert res.returncode == 2
+    error = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert error == [f"error: cannot listen on {'DICOM' if busy == 'dicom' else 'admin'} 127.0.0.1:{taken}: "
+                     "Address already in use"], res.stderr
 
 
 def test_sigterm_lets_an_inflight_association_finish(node: NodeProcess, rsna: list[Path], tmp_path: Path) -> None:

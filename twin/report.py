@@ -137,6 +137,14 @@ def history(db: sqlite_utils.Database, device_id: int, now: datetime, th: Thresh
     )
 
 
+def deviation_indices(db: sqlite_utils.Database, device_id: int, since: datetime) -> list[tuple[datetime, float]]:
+    """(time, DI) of every image of the device since ``since``, oldest first: the drift chart's points
+    (IEC 62494-1 deviation index, as recorded per acquisition)."""
+    found = rows(db, "SELECT at, deviation_index FROM twin_acquisitions WHERE device_id = ? AND at >= ? "
+                     "AND deviation_index IS NOT NULL ORDER BY at, sop_instance_uid", [device_id, iso(since)])
+    return [(t, float(r["deviation_index"])) for r in found if (t := from_iso(r["at"])) is not None]
+
+
 def last_calibration(db: sqlite_utils.Database, device_id: int, now: datetime) -> datetime | None:
     """Latest of DateOfLastDetectorCalibration (else DateOfLastCalibration) in the headers, sidecar
     ``calibration`` events and ``calibration`` maintenance records."""

@@ -2,8 +2,7 @@
 
 The record comes from ``TwinStore.device`` and the drift chart from the same functions the health rule
 uses (``twin.report.history`` and ``twin.health.ewma_chart``), so the limits drawn are the limits that
-raise the alarm. The twin offers no series of every image's deviation index, so the points before
-the current baseline are read from ``twin_acquisitions`` here (read only).
+raise the alarm; every image's deviation index comes from ``twin.report.deviation_indices``.
 """
 
 from __future__ import annotations
@@ -15,17 +14,10 @@ from markupsafe import Markup
 
 from dicom_node.admin import charts
 from twin import report
-from twin.db import from_iso, iso, rows, utcnow
+from twin.db import from_iso, utcnow
 from twin.health import ewma_chart
 
 WINDOW_DAYS = 90.0
-
-
-def deviation_indices(db: Any, device_id: int, since: datetime) -> list[tuple[datetime, float]]:
-    """(time, DI) of every image of the device since ``since``, oldest first."""
-    found = rows(db, "SELECT at, deviation_index FROM twin_acquisitions WHERE device_id = ? AND at >= ? "
-                     "AND deviation_index IS NOT NULL ORDER BY at, sop_instance_uid", [device_id, iso(since)])
-    return [(t, float(r["deviation_index"])) for r in found if (t := from_iso(r["at"])) is not None]
 
 
 def ewma_series(db: Any, device_id: int, now: datetime, thresholds: Any) -> charts.EwmaSeries | None:
@@ -65,7 +57,7 @@ def device_page(twin: Any, db: Any, device_id: int, now: datetime | None = None)
     now = now or utcnow()
     record = twin.device(device_id, now)
     marks = markers(record)
-    points = deviation_indices(db, device_id, now - timedelta(days=WINDOW_DAYS))
+    points = report.deviation_indices(db, device_id, now - timedelta(days=WINDOW_DAYS))
     usage = [(date.fromisoformat(u["day"]), int(u["acquisitions"])) for u in record["usage_per_day"]]
     faults = [(t, f"{f['code'] or 'fault'} {f['message'] or ''}".strip())
               for f in record["fault_events"] if (t := from_iso(f["at"])) is not None]

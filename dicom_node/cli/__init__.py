@@ -46,7 +46,7 @@ def serve(
     try:
         node.serve()
     except OSError as exc:
-        raise fail(f"cannot listen on {cfg.node.host}:{cfg.node.port}: {exc.strerror}") from None
+        raise fail(f"cannot listen on {exc.strerror}") from None
 
 
 AddressArg = Annotated[str, typer.Argument(help="the peer, as AE@HOST:PORT")]

@@ -8,24 +8,22 @@ demo model.
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from dicom_node.config import Config, ConfigError, load_config
+from dicom_node.cli.common import ConfigOpt as ConfigOption
+from dicom_node.cli.common import JsonOpt as JsonOption
+from dicom_node.cli.common import console, err
+from dicom_node.cli.common import fail as _fail
+from dicom_node.cli.common import get_config as _settings
+from dicom_node.cli.common import print_json as _print_json
+from dicom_node.config import Config
 
 app = typer.Typer(help="Train, evaluate and describe the opacity detector (Detectron2 Cascade R-CNN).")
 
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option("--config", help="configuration file (default $DICOM_NODE_CONFIG or ./config.yaml)"),
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
 WeightsOption = Annotated[
     Path | None,
     typer.Option(
@@ -53,23 +51,7 @@ CocoOption = Annotated[
     Path | None, typer.Option("--coco", help="COCO detection JSON; images beside it or under --images")
 ]
 
-_err = Console(stderr=True)
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    typer.echo(message, err=True)
-    return typer.Exit(code)
-
-
-def _settings(config: Path | None) -> Config:
-    try:
-        return load_config(config)
-    except ConfigError as exc:
-        raise _fail(str(exc), 2) from None
-
-
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+_err = err
 
 
 def _load_detector(cfg: Config, weights: Path | None, model_config: str | None) -> Any:
@@ -84,7 +66,7 @@ def _load_detector(cfg: Config, weights: Path | None, model_config: str | None) 
             config=model_config,
         )
     except (FileNotFoundError, RuntimeError) as exc:
-        raise _fail(str(exc)) from None
+        raise _fail(str(exc), 1) from None
 
 
 @app.command()
@@ -207,7 +189,7 @@ def evaluate(
             samples = datasets.coco_samples(coco, det.input_size, image_root=images)
             source = f"coco {coco}"
     except (FileNotFoundError, ValueError) as exc:
-        raise _fail(str(exc)) from None
+        raise _fail(str(exc), 1) from None
     result = evaluate_detector(det, samples)
     info = det.info
     if as_json:
@@ -226,7 +208,7 @@ def evaluate(
     table.add_column("value", justify="right")
     for key, value in result.items():
         table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
-    Console().print(table)
+    console.print(table)
 
 
 @app.command()
@@ -260,4 +242,4 @@ def info(
     table.add_column("value")
     for key, value in data.items():
         table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
-    Console().print(table)
+    console.print(table)

@@ -26,6 +26,18 @@ def test_same_seed_and_index_give_the_same_image_and_boxes():
     assert a.pixels.dtype == np.uint16 and a.pixels.shape == (512, 512)
 
 
+@pytest.mark.parametrize("size", [64, 100, 127, 300])
+def test_any_size_from_64_gives_an_image_of_that_size(size):
+    ph = phantoms.generate(5, 0, size=size, n_opacities=1)
+    assert ph.pixels.shape == (size, size)
+    assert all(0 <= x and 0 <= y and x + w <= size and y + h <= size for x, y, w, h in ph.boxes)
+
+
+def test_size_below_64_is_refused():
+    with pytest.raises(ValueError, match="size must be >= 64"):
+        phantoms.generate(5, 0, size=32)
+
+
 def test_opacities_are_the_only_difference_and_lie_in_their_boxes():
     kinds = set()
     for index in range(12):

@@ -187,7 +187,7 @@ def test_implausible_acquisition_dates_fall_back_to_receipt(tmp_path) -> None:  
 
     from pydicom import dcmread
 
-    from dicom_node.testing import rsna_files, require
+    from dicom_node.testing import require, rsna_files
     from twin.db import thread_local_connect
     from twin.store import TwinStore
 
