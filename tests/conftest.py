@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.testing import RSNA_DIR, NodeProcess, require, rsna_files, tool
+from dicom_node.testing import RSNA_DIR, NodeProcess, OrthancProcess, require, rsna_files, tool
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +53,11 @@ def node_factory(tmp_path: Path) -> Iterator[type[NodeProcess]]:
 def node(node_factory: type[NodeProcess], dcmtk: None) -> NodeProcess:
     """A running node with the default policy, on its own port."""
     return node_factory().start()
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[OrthancProcess]:
+    require(tool("Orthanc") is not None, "Orthanc")
+    pacs = OrthancProcess(tmp_path / "orthanc").start()
+    yield pacs
+    pacs.stop()

@@ -5,25 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
-import pytest
 
 from dicom_node.testing import NodeProcess, OrthancProcess, free_port, require, storescu, tool
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"   # Comprehensive 3D SR
 GSPS_CLASS = "1.2.840.10008.5.1.4.1.1.11.1"  # Grayscale Softcopy Presentation State
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"       # Secondary Capture
-
-
-@pytest.fixture
-def orthanc(tmp_path: Path) -> Iterator[OrthancProcess]:
-    require(tool("Orthanc") is not None, "Orthanc")
-    pacs = OrthancProcess(tmp_path / "orthanc").start()
-    yield pacs
-    pacs.stop()
 
 
 def _wait_delivered(node: NodeProcess, expected: int, timeout_s: float = 600.0) -> dict[str, object]:

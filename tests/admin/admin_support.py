@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -13,7 +11,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from dicom_node.testing import REPO, NodeProcess
+from dicom_node.testing import REPO, NodeProcess, wait_for  # noqa: F401  (re-exported for the admin tests)
 
 ARTIFACTS = REPO / "test-artifacts" / "admin"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -112,18 +110,6 @@ class Dom(HTMLParser):
         found = self.find(tag, **attrs)
         assert len(found) == 1, f"expected one <{tag} {attrs}>, found {len(found)}"
         return found[0]
-
-
-def wait_for(what: str, check: Callable[[], T | None], timeout_s: float = 120.0, every_s: float = 0.5) -> T:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every_s)
-    raise TimeoutError(f"{what}: not after {timeout_s} s (last: {last!r})")
 
 
 @dataclass

@@ -11,7 +11,6 @@ import importlib.util
 import os
 import sqlite3
 import sys
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import closing
 from pathlib import Path
@@ -112,18 +111,6 @@ def spool_files(node: NodeProcess) -> list[Path]:
     """Every file under the spool, temporary ones included."""
     root = node.storage / "spool"
     return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
-
-
-def wait_for(predicate: Any, timeout_s: float, what: str, every_s: float = 0.25) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail with ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(every_s)
-    raise TimeoutError(f"{what} not reached after {timeout_s:.0f} s (last: {last!r})")
 
 
 def chunks(items: list[Any], n: int) -> Iterator[list[Any]]:

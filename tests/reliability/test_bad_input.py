@@ -24,9 +24,9 @@ from pydicom.filereader import read_file_meta_info
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom import _config as pynetdicom_config
-from reliability_support import SEED, encode, query, radiograph, spool_files, wait_for, write_raw
+from reliability_support import SEED, encode, query, radiograph, spool_files, write_raw
 
-from dicom_node.testing import NodeProcess, require, tool
+from dicom_node.testing import NodeProcess, require, tool, wait_for
 
 EXPLICIT = "1.2.840.10008.1.2.1"
 IMPLICIT = "1.2.840.10008.1.2"
@@ -309,8 +309,9 @@ def test_after_every_bad_input_nothing_is_half_written_and_skips_are_recorded(ba
     assert len(SEEN) == len(CASES), "run with the cases above (same module)"
     accepted = [c for c in CASES if c.status == SUCCESS]
     # Routing: every accepted case ends skipped, with its reason, as `dicom-node results` shows it.
-    wait_for(lambda: query(bad_node, "SELECT COUNT(*) FROM jobs WHERE kind='analyse' AND state='skipped'")[0][0]
-             == len(accepted), 60, "routing of the accepted bad inputs")
+    wait_for("routing of the accepted bad inputs",
+             lambda: query(bad_node, "SELECT COUNT(*) FROM jobs WHERE kind='analyse' AND state='skipped'")[0][0]
+             == len(accepted), 60)
     for case in accepted:
         shown = json.loads(bad_node.cli("results", str(SEEN[case.name]["study"]), "--json").stdout)
         [inst] = shown["instances"]

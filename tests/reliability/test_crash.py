@@ -7,8 +7,8 @@ left running.
 Like a real modality, the sender sends again whatever it did not get Success for. ``worker.lease_s``
 is short so analysis jobs of a killed process come back within seconds; ``worker.max_attempts`` is
 raised from 3 so that a job hit by several kills in a row is not parked as failed (that parking is
-the designed guard against a poison instance, not what is tested here). Deliveries keep the node's
-fixed 120 s lease, so the final wait covers one lease.
+the designed guard against a poison instance, not what is tested here). ``delivery.lease_s`` is short
+too, so a killed process's deliveries are taken again within the final wait.
 """
 
 from __future__ import annotations
@@ -17,27 +17,19 @@ import random
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
 import pytest
-from reliability_support import SEED, job_states, query, spool_files, storescu_statuses, wait_for, write_radiographs
+from reliability_support import SEED, job_states, query, spool_files, storescu_statuses, write_radiographs
 
-from dicom_node.testing import NodeProcess, OrthancProcess, require, tool
+from dicom_node.testing import NodeProcess, OrthancProcess, wait_for
 
 CYCLES = 6             # kills; each phase twice, in a seeded order
 PER_CYCLE = 4          # new radiographs each cycle (plus whatever was not acknowledged yet)
 SIZE = 512             # ~0.5 MB each: sending takes long enough to be interrupted
-DELIVERY_LEASE_S = 120  # node.py: the delivery pool's lease (not configurable)
-
-
-@pytest.fixture
-def orthanc(tmp_path: Path) -> Iterator[OrthancProcess]:
-    require(tool("Orthanc") is not None, "Orthanc")
-    pacs = OrthancProcess(tmp_path / "orthanc").start()
-    yield pacs
-    pacs.stop()
+DELIVERY_LEASE_S = 15  # delivery.lease_s: a killed process's deliveries are taken again after this
 
 
 def _sender(node: NodeProcess, files: list[Path]) -> subprocess.Popen[str]:
@@ -74,7 +66,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_delivers_once(
     uid_of = {str(f): str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
     node = node_factory("crash", destinations=[orthanc.destination()],
                         worker={"lease_s": 5, "batch_size": 2, "max_attempts": 10},
-                        delivery={"backoff_s": 0.5, "backoff_max_s": 5})
+                        delivery={"backoff_s": 0.5, "backoff_max_s": 5, "lease_s": DELIVERY_LEASE_S})
     phases = ["sending", "analysing", "delivering"] * (CYCLES // 3)
     rng.shuffle(phases)
 
@@ -129,8 +121,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_delivers_once(
             a.get("running") or a.get("queued") or d.get("running") or d.get("queued"))
 
     t0 = time.monotonic()
-    wait_for(drained, DELIVERY_LEASE_S + 240, "every analysis and delivery done",
-             every_s=1.0)
+    wait_for("every analysis and delivery done", drained, DELIVERY_LEASE_S + 240, every_s=1.0)
     drain_s = time.monotonic() - t0
 
     # 1. Every acknowledged instance is stored, whole and as sent; no orphan file, no temporary file.

@@ -12,9 +12,9 @@ from pathlib import Path
 import psutil
 import pydicom
 import pytest
-from reliability_support import SEED, load_script, query, spool_files, wait_for, write_radiographs
+from reliability_support import SEED, load_script, query, spool_files, write_radiographs
 
-from dicom_node.testing import IN_CI, NodeProcess, storescu
+from dicom_node.testing import IN_CI, NodeProcess, storescu, wait_for
 
 CASES = 400          # CI bound: ~20-40 s on two shared cores
 SECONDS = 90.0
@@ -28,8 +28,8 @@ def test_fuzzed_pdus_leave_the_node_serving(node_factory: type[NodeProcess], dcm
     node = node_factory(node={"acse_timeout_s": 5, "network_timeout_s": 10}, worker={"threads": 0}).start()
     assert node.proc is not None
     proc = psutil.Process(node.proc.pid)
-    wait_for(lambda: subprocess.run(["echoscu", "-aec", "DICOM_NODE", "127.0.0.1", str(node.port)],
-                                    capture_output=True, timeout=30).returncode == 0, 30, "first C-ECHO")
+    wait_for("first C-ECHO", lambda: subprocess.run(["echoscu", "-aec", "DICOM_NODE", "127.0.0.1", str(node.port)],
+                                                    capture_output=True, timeout=30).returncode == 0, 30)
     threads_before, fds_before = proc.num_threads(), proc.num_fds()
 
     fuzzer = load_script("fuzz_association")
@@ -57,7 +57,7 @@ def test_fuzzed_pdus_leave_the_node_serving(node_factory: type[NodeProcess], dcm
     # The association threads the fuzzer opened end (ACSE / network timeouts) and their descriptors
     # are closed: nothing leaks. What may stay is the receiver's store pool, started on demand: at most
     # node.max_associations + 1 = 17 threads, each with one SQLite connection (two descriptors).
-    wait_for(lambda: proc.num_threads() <= threads_before + POOL + 1, 45, "association threads to wind down")
+    wait_for("association threads to wind down", lambda: proc.num_threads() <= threads_before + POOL + 1, 45)
     assert proc.num_fds() <= fds_before + 2 * POOL + 4, f"descriptors {fds_before} -> {proc.num_fds()}"
 
     # What the fuzzer got stored is complete: every row has its file, every file reads whole.

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from reliability_support import SEED, query, wait_for, write_radiographs
+from reliability_support import SEED, query, write_radiographs
 
 from dicom_node.config import load_config
-from dicom_node.testing import NodeProcess, free_port, require, tool, wait_port
+from dicom_node.testing import NodeProcess, free_port, require, tool, wait_for, wait_port
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,7 @@ def test_destination_over_tls_gets_echo_and_results(node_factory: type[NodeProce
         dests = {d["name"]: d for d in node.status()["destinations"]}
         return dests if all(d["last_echo_at"] for d in dests.values()) else None
 
-    dests = wait_for(echoed, 60, "the node's first echo of its destinations")
+    dests = wait_for("the node's first echo of its destinations", echoed, 60)
     assert dests["tlspacs"]["last_echo_ok"] == 1, dests["tlspacs"]
     assert dests["untrusted"]["last_echo_ok"] == 0, dests["untrusted"]
     assert dests["anonymous"]["last_echo_ok"] == 0, dests["anonymous"]
@@ -149,14 +149,14 @@ def test_destination_over_tls_gets_echo_and_results(node_factory: type[NodeProce
         return rows.get("tlspacs", 0) == 3
 
     t0 = time.monotonic()
-    wait_for(delivered, 300, "three results delivered over TLS")
+    wait_for("three results delivered over TLS", delivered, 300)
     print(f"\nTLS delivery: 3 results in {time.monotonic() - t0:.1f} s after the C-STORE (detector included)")
     files = [p for p in received.rglob("*") if p.is_file()]
     assert len(files) == 3, files
     # The two destinations the handshake fails for park their SR (delivery.max_attempts: 1).
-    wait_for(lambda: dict(query(node, "SELECT destination, COUNT(*) FROM deliveries WHERE state='failed'"
-                                      " GROUP BY destination")) == {"untrusted": 1, "anonymous": 1},
-             60, "the deliveries over a failed handshake parked")
+    wait_for("the deliveries over a failed handshake parked",
+             lambda: dict(query(node, "SELECT destination, COUNT(*) FROM deliveries WHERE state='failed'"
+                                      " GROUP BY destination")) == {"untrusted": 1, "anonymous": 1}, 60)
 
 
 @pytest.mark.parametrize("extra, message", [
