@@ -22,7 +22,17 @@ from typing import Any, TypeVar
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-RSNA_DIR = REPO.parent / "shared" / "data" / "rsna-cxr-sample"
+
+
+def _rsna_dir() -> Path:
+    """The real RSNA sample: $RSNA_SAMPLE_DIR, else shared/ inside or beside the checkout."""
+    env = os.environ.get("RSNA_SAMPLE_DIR")
+    candidates = [Path(env)] if env else []
+    candidates += [REPO / "shared" / "data" / "rsna-cxr-sample", REPO.parent / "shared" / "data" / "rsna-cxr-sample"]
+    return next((c for c in candidates if (c / "labels.csv").is_file()), candidates[-1])
+
+
+RSNA_DIR = _rsna_dir()
 
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
