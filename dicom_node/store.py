@@ -470,9 +470,17 @@ class Store:
         return dict(row) if row else None
 
     def set_delivery(self, result_uid: str, destination: str, state: str, *, attempts: int,
-                     error: str | None = None) -> None:
+                     error: str | None = None, peer_ae: str | None = None, peer_host: str | None = None) -> None:
+        """Record the outcome of one delivery attempt: the delivery's state, the destination's last
+        delivery, and a row in the audit trail (every attempt, not only the last)."""
         now = time.time()
         with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO audit (at, event, peer_ae, peer_host, outcome, detail) VALUES (?,?,?,?,?,?)",
+                (now, "delivery", peer_ae, peer_host, state,
+                 json.dumps({"destination": destination, "result_uid": result_uid, "attempts": attempts,
+                             "error": error})),
+            )
             conn.execute(
                 "UPDATE deliveries SET state=?, attempts=?, error=?, updated_at=?,"
                 " delivered_at=CASE WHEN ?='delivered' THEN ? ELSE delivered_at END"

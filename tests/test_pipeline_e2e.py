@@ -130,3 +130,14 @@ def test_unreachable_destination_parks_then_retry_delivers(
         assert len(pacs.get("/instances")) == 3
     finally:
         pacs.stop()
+    # The audit trail keeps every attempt: refused twice (retry, then parked), then delivered.
+    audit = [json.loads(line) for line in node.cli("logs", "--audit", "--json", "--lines", "0").stdout.splitlines()]
+    attempts: dict[str, list[str]] = {}
+    for row in audit:
+        if row["event"] == "delivery":
+            assert row["peer_ae"] == pacs.destination()["ae_title"] and row["destination"] == "pacs", row
+            attempts.setdefault(row["result_uid"], []).append(row["outcome"])
+    assert sorted(attempts.values()) == [["retrying", "failed", "delivered"]] * 3, attempts
+    assert {row["kind"] for row in audit if row["event"] == "delivery"} == {"sr", "gsps", "sc"}
+    shown = node.cli("logs", "--audit", "--lines", "0").stdout
+    assert shown.count("delivery") == 9 and "attempt 2" in shown

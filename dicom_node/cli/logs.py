@@ -35,7 +35,7 @@ _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w)\s*$", re.IGNORECASE)
 _UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 _LEVEL_STYLE = {"DEBUG": "dim", "INFO": "cyan", "WARNING": "yellow", "ERROR": "bold red", "CRITICAL": "bold red"}
 _OUTCOME_STYLE = {"released": "green", "delivered": "green", "aborted": "yellow", "queued": "dim",
-                  "rejected": "red", "failed": "red"}
+                  "rejected": "red", "failed": "red", "retrying": "yellow"}
 _CORE = ("time", "level", "logger", "message", "exception")
 _ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-_]")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -237,29 +237,23 @@ def follow_file(path: Path, offset: int) -> Iterator[dict[str, Any] | None]:
 # --- the audit trail ---------------------------------------------------------------------------------
 
 
-def audit_rows(store: Store, since: datetime | None, *, after_id: int = 0,
-               delivered_after: float = 0.0) -> list[dict[str, Any]]:
-    """Associations (audit table) and result deliveries, oldest first, as flat rows."""
+def audit_rows(store: Store, since: datetime | None, *, after_id: int = 0) -> list[dict[str, Any]]:
+    """Associations and result delivery attempts (audit table), oldest first, as flat rows; a delivery
+    carries its result's kind and source instance (to filter by device)."""
     t0 = max(since.timestamp() if since else 0.0, 0.0)
-    conn = store.conn()
     rows: list[dict[str, Any]] = []
-    for r in conn.execute("SELECT id, at, event, peer_ae, peer_host, outcome, detail FROM audit"
-                          " WHERE at >= ? AND id > ? ORDER BY id", (t0, after_id)):
+    for r in store.conn().execute(
+            "SELECT a.id, a.at, a.event, a.peer_ae, a.peer_host, a.outcome, a.detail, r.kind,"
+            " r.source_sop_instance_uid FROM audit a LEFT JOIN results r ON a.event = 'delivery'"
+            " AND r.sop_instance_uid = json_extract(a.detail, '$.result_uid')"
+            " WHERE a.at >= ? AND a.id > ? ORDER BY a.id", (t0, after_id)):
         row = {"id": r["id"], "time": _iso(r["at"]), "at": r["at"], "event": r["event"], "peer_ae": r["peer_ae"],
                "peer_host": r["peer_host"], "outcome": r["outcome"]}
         row.update(json.loads(r["detail"]) if r["detail"] else {})
+        if r["event"] == "delivery":
+            row.update(kind=r["kind"], sop_instance_uid=r["source_sop_instance_uid"])
         rows.append(row)
-    for r in conn.execute(
-            "SELECT d.result_uid, d.destination, d.state, d.attempts, d.error, d.updated_at, d.delivered_at,"
-            " r.kind, r.source_sop_instance_uid FROM deliveries d LEFT JOIN results r"
-            " ON r.sop_instance_uid = d.result_uid WHERE d.updated_at >= ? AND d.updated_at > ?"
-            " AND d.state != 'queued' ORDER BY d.updated_at", (t0, delivered_after)):
-        at = r["delivered_at"] or r["updated_at"]
-        rows.append({"time": _iso(at), "at": at, "updated_at": r["updated_at"], "event": "delivery",
-                     "destination": r["destination"], "outcome": r["state"], "kind": r["kind"],
-                     "result_uid": r["result_uid"], "sop_instance_uid": r["source_sop_instance_uid"],
-                     "attempts": r["attempts"], "error": r["error"]})
-    return sorted(rows, key=lambda row: row["at"])
+    return rows
 
 
 def _iso(at: float) -> str:
@@ -278,7 +272,7 @@ def render_audit(row: dict[str, Any]) -> str:
     """One association or delivery as a line of rich markup."""
     when = _local(datetime.fromtimestamp(row["at"], UTC))
     outcome = str(row.get("outcome") or "")
-    style = _OUTCOME_STYLE.get(outcome, "")
+    style = _OUTCOME_STYLE.get(outcome, "default")
     if row["event"] == "delivery":
         what = f"→ {escape(clean(str(row['destination'])))}"
         notes = [f"{(row.get('kind') or '?').upper()} {row['result_uid']}", f"attempt {row.get('attempts', 0)}"]
@@ -303,7 +297,7 @@ def render_audit(row: dict[str, Any]) -> str:
 
 
 def _audit_json(row: dict[str, Any]) -> str:
-    return json.dumps({k: v for k, v in row.items() if k not in ("at", "id", "updated_at")}, default=str)
+    return json.dumps({k: v for k, v in row.items() if k not in ("at", "id")}, default=str)
 
 
 # --- the command -----------------------------------------------------------------------------------
@@ -374,12 +368,11 @@ def _show_audit(cfg: Config, since: datetime | None, device: DeviceFilter | None
     store = Store(_database(cfg))
     try:
         fresh = audit_rows(store, since)
-        last_id, last_delivery = 0, 0.0
+        last_id = 0
         rows = [r for r in fresh if audit_matches(r, device)]
         rows = rows[-limit:] if limit else rows
         while True:
-            last_id = max([last_id] + [r["id"] for r in fresh if "id" in r])
-            last_delivery = max([last_delivery] + [r["updated_at"] for r in fresh if r["event"] == "delivery"])
+            last_id = max([last_id] + [r["id"] for r in fresh])
             for row in rows:
                 if as_json:
                     typer.echo(_audit_json(row))
@@ -388,7 +381,7 @@ def _show_audit(cfg: Config, since: datetime | None, device: DeviceFilter | None
             if not follow:
                 return
             time.sleep(POLL_S)
-            fresh = audit_rows(store, since, after_id=last_id, delivered_after=last_delivery)
+            fresh = audit_rows(store, since, after_id=last_id)
             rows = [r for r in fresh if audit_matches(r, device)]
     finally:
         store.close()
