@@ -9,7 +9,9 @@ it, and DCMTK storescu sending the nine RSNA radiographs, in two modes:
 - ``burst``: all nine in one association (queueing included).
 
 Per radiograph, the time runs from the node's receipt of the instance to the last of its three
-results acknowledged by Orthanc (both clocks are this machine's). Prints median and p95 per mode.
+results acknowledged by Orthanc (both clocks are this machine's). Prints median and p95 per mode, and
+the ratio of the burst's wall time to the time Orthanc takes to store the same radiographs sent to it
+directly (what the AI round trip costs over plain PACS storage).
 Target (issue 4): p95 under 5 s per radiograph on 2 CPU cores with the compact model.
 """
 
@@ -96,6 +98,22 @@ def main() -> int:
                 pacs.stop()
             if not args.json:
                 print(f"{mode:>6}: {result[mode]}", file=sys.stderr)
+        # The peer alone: the same radiographs stored straight into Orthanc, no node in between.
+        pacs = OrthancProcess(Path(tmp) / "orthanc-direct").start()
+        try:
+            t0 = time.monotonic()
+            storescu(pacs.dicom_port, files[1:], aec=pacs.destination()["ae_title"])
+            direct = time.monotonic() - t0
+        finally:
+            pacs.stop()
+        burst = result["burst"]
+        assert isinstance(burst, dict)
+        result["orthanc_direct_store_s"] = round(direct, 2)
+        result["burst_wall_over_direct_store"] = round(burst["wall_s"] / direct, 1)
+        if not args.json:
+            print(f"direct: {len(files) - 1} radiographs stored straight into Orthanc in {direct:.2f} s; "
+                  f"node's burst send-to-all-results / that = {result['burst_wall_over_direct_store']}x",
+                  file=sys.stderr)
     if args.json:
         print(json.dumps(result, indent=2))
     return 0
