@@ -79,3 +79,5 @@ def setup_logging(level: str = "INFO", log_dir: Path | None = None, *, max_mb: i
     # pynetdicom logs PDU contents at DEBUG and dataset summaries at INFO: keep it to warnings.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # highdicom narrates every attribute module it copies (16 lines a result object): warnings only.
+    logging.getLogger("highdicom").setLevel(logging.WARNING)
