@@ -176,7 +176,7 @@ class Store:
         self.path = Path(path)
         self.readonly = readonly
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        self._all: list[tuple[threading.Thread, sqlite3.Connection]] = []  # (owner thread, its connection)
         self._lock = threading.Lock()
         if not readonly:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -208,7 +208,11 @@ class Store:
             conn.execute("PRAGMA foreign_keys=ON")
             self._local.conn = conn
             with self._lock:
-                self._all.append(conn)
+                # Connections of threads that have ended would hold their file descriptors for ever.
+                for _, old in [entry for entry in self._all if not entry[0].is_alive()]:
+                    old.close()
+                self._all = [entry for entry in self._all if entry[0].is_alive()]
+                self._all.append((threading.current_thread(), conn))
         return conn
 
     def db(self) -> sqlite_utils.Database:
@@ -234,7 +238,7 @@ class Store:
 
     def close(self) -> None:
         with self._lock:
-            for conn in self._all:
+            for _, conn in self._all:
                 try:
                     conn.close()
                 except sqlite3.Error:

@@ -72,3 +72,29 @@ def test_concurrent_workers_never_take_the_same_job(tmp_path: Path) -> None:
         t.join()
     assert len(taken) == 200 and len(set(taken)) == 200
     assert store.job_counts()["done"] == 200
+
+
+def test_connections_of_ended_threads_are_closed(tmp_path: Path) -> None:
+    # Admin requests, scheduler jobs and ad-hoc threads each get a connection; a node that runs for
+    # months must not keep one (and its file descriptors) per thread that ever touched the store.
+    import psutil
+
+    store = Store(tmp_path / "node.db")
+    me = psutil.Process()
+
+    def touch() -> None:
+        store.conn().execute("SELECT COUNT(*) FROM jobs").fetchone()
+
+    def burst(n: int) -> None:
+        for _ in range(n):
+            t = threading.Thread(target=touch)
+            t.start()
+            t.join()
+        touch()  # a new connection in this thread prunes the ended ones
+
+    threading.Thread(target=burst, args=(5,)).run()
+    before = me.num_fds()
+    threading.Thread(target=burst, args=(300,)).run()
+    assert me.num_fds() <= before + 4, f"descriptors {before} -> {me.num_fds()}"
+    store.close()
+
