@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from apscheduler.schedulers.background import BackgroundScheduler
 from pydicom.uid import generate_uid
 
+from dicom_node import __version__
 from dicom_node.config import Config
 from dicom_node.ingest import Ingest
 from dicom_node.pipeline import build_steps
@@ -35,7 +36,6 @@ PEER_ECHO_EVERY_S = 300.0
 
 log = logging.getLogger("dicom_node.node")
 
-__version__ = "0.1.0"
 
 
 class Node:

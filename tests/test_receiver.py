@@ -233,6 +233,14 @@ def test_bad_config_names_its_key(tmp_path: Path, text: str, key: str) -> None:
     assert key in lines[0]
 
 
+def test_version_flag_prints_the_installed_version() -> None:
+    import importlib.metadata
+
+    res = subprocess.run([sys.executable, "-m", "dicom_node.cli", "--version"], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0 and res.stdout == f"dicom-node {importlib.metadata.version('dicom-node')}\n"
+
+
 @pytest.mark.parametrize("busy", ["dicom", "admin"])
 def test_busy_port_names_the_listener_and_exits(tmp_path: Path, busy: str) -> None:
     holder = socket.socket()

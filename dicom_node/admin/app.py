@@ -7,8 +7,6 @@ FastAPI runs them on its worker threads, each with its own SQLite connection fro
 
 from __future__ import annotations
 
-import functools
-import importlib.metadata
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -21,6 +19,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from dicom_node import __version__
 from dicom_node.admin import queries
 from dicom_node.admin.auth import token_middleware
 from dicom_node.admin.device_view import device_page, health_chart_note
@@ -46,33 +45,24 @@ class AdminNode(Protocol):
     device_uid: str
 
 
-@functools.cache
-def version() -> str:
-    """The installed dicom-node's version."""
-    try:
-        return importlib.metadata.version("dicom-node")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def create_app(node: AdminNode) -> FastAPI:
     """The FastAPI app over ``node``; with ``admin.token`` set every route but /healthz needs it."""
     started_at = time.time()
     app = FastAPI(
         title="dicom-node admin",
-        version=version(),
+        version=__version__,
         description="Status, queue, device twin and studies of one dicom-node; Prometheus metrics at /metrics.",
         docs_url=None,  # the Swagger and ReDoc pages load scripts from a CDN: the schema is at /openapi.json
         redoc_url=None,
     )
     app.middleware("http")(token_middleware(node.cfg.admin.token))
-    registry = build_registry(node, version(), started_at)
+    registry = build_registry(node, __version__, started_at)
     thumbnails = ThumbnailCache()
     templates = _templates()
 
     def render(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         context.setdefault("refresh", status_code == 200)
-        context.update(link=_linker(request), node=node.cfg.node, refresh_s=REFRESH_S, version=version(),
+        context.update(link=_linker(request), node=node.cfg.node, refresh_s=REFRESH_S, version=__version__,
                        now_utc=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"))
         return templates.TemplateResponse(request, name, context, status_code=status_code)
 

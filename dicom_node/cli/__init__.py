@@ -23,6 +23,22 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from dicom_node import __version__
+
+        typer.echo(f"dicom-node {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="print the version and exit")] = False,
+) -> None:
+    """A DICOM node that receives chest radiographs, detects lung opacities and returns results to PACS."""
 @app.command()
 def serve(
     config: ConfigOpt = None,
@@ -191,7 +207,7 @@ def deliveries(
     retry: Annotated[bool, typer.Option("--retry", help="send parked (failed) deliveries again")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Result deliveries by state; ``--retry`` sends the parked ones again (the running node picks them up)."""
+    """Result deliveries by state; --retry sends the parked ones again (the running node picks them up)."""
     from dicom_node.store import Store
 
     cfg = get_config(config)

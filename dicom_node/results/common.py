@@ -16,8 +16,7 @@ import re
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from importlib import metadata
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, cast
 
 import highdicom as hd
@@ -31,6 +30,7 @@ from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 from pydicom.valuerep import validate_value
 
+from dicom_node import __version__
 from models.detection import Detection, ModelInfo
 
 logger = logging.getLogger(__name__)
@@ -129,13 +129,6 @@ def ihe_coding_scheme() -> CodingSchemeIdentificationItem:
     )
 
 
-def _package_version() -> str:
-    try:
-        return metadata.version("dicom-node")
-    except metadata.PackageNotFoundError:
-        return "0.1.0"
-
-
 # --- Node identity ------------------------------------------------------------------------------
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # default repertoire, no backslash
@@ -168,7 +161,7 @@ class NodeIdentity:
     ae_title: str
     device_uid: str
     manufacturer: str = MANUFACTURER
-    software_version: str = field(default_factory=_package_version)
+    software_version: str = __version__
     model_name: str = "dicom-node"
     institution_name: str | None = None
     institutional_department_name: str | None = None
