@@ -37,7 +37,6 @@ PEER_ECHO_EVERY_S = 300.0
 log = logging.getLogger("dicom_node.node")
 
 
-
 class Node:
     """One running node. Build it, ``start()`` it, ``stop()`` it; or ``serve()`` until a signal."""
 
@@ -93,13 +92,10 @@ class Node:
     def start(self) -> None:
         self.analysis.start()
         self.delivery.start()
-        try:
-            try:
-                self.address = self.receiver.start()
-            except OSError as exc:
-                raise OSError(exc.errno, f"DICOM {self.cfg.node.host}:{self.cfg.node.port}: {exc.strerror}") from None
+        try:  # each listener's OSError names its own address
+            self.address = self.receiver.start()
             if self.admin is not None:
-                self.admin.start()  # its OSError names the admin address
+                self.admin.start()
         except OSError:
             self.stop(grace_s=0)
             raise

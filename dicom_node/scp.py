@@ -161,7 +161,8 @@ class Receiver:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> tuple[str, int]:
-        """Start listening in the background; returns the bound (host, port)."""
+        """Start listening in the background; returns the bound (host, port). An OSError names the
+        DICOM address, as the admin server's names its own."""
         handlers: list[Any] = [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ESTABLISHED, self._on_established),
@@ -170,10 +171,13 @@ class Receiver:
             (evt.EVT_RELEASED, self._on_closed),
             (evt.EVT_ABORTED, self._on_closed),
         ]
-        server = self.ae.start_server(
-            (self.cfg.node.host, self.cfg.node.port), block=False, evt_handlers=handlers,
-            ssl_context=server_ssl_context(self.cfg),
-        )
+        try:
+            server = self.ae.start_server(
+                (self.cfg.node.host, self.cfg.node.port), block=False, evt_handlers=handlers,
+                ssl_context=server_ssl_context(self.cfg),
+            )
+        except OSError as exc:
+            raise OSError(exc.errno, f"DICOM {self.cfg.node.host}:{self.cfg.node.port}: {exc.strerror}") from None
         assert isinstance(server, ThreadedAssociationServer)
         # stop() waits for established associations itself; socketserver's join of every request
         # thread would also wait out rejected ones that linger until their ARTIM timer expires.

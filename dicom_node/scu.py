@@ -263,23 +263,19 @@ class Delivery:
                 items.append((str(job.id), Path(row["path"])))
             peer = peer_for(dest)
             report = send_datasets(peer, items, calling_ae=self.cfg.node.ae_title)
-            audit = {"peer_ae": dest.ae_title, "peer_host": dest.host}
             failed = dict(report.failed)
             for job in group:
                 if job.id in out:
                     continue
-                result_uid = job.ref.rpartition(">")[0]
                 error = failed.get(str(job.id))
                 if error is None:
-                    self.store.set_delivery(result_uid, name, "delivered", attempts=job.attempts, **audit)
-                    out[job.id] = WorkOutcome("done", f"delivered to {name}")
+                    state, out[job.id] = "delivered", WorkOutcome("done", f"delivered to {name}")
                 elif job.attempts >= job.max_attempts:
-                    self.store.set_delivery(result_uid, name, "failed", attempts=job.attempts, error=error, **audit)
-                    out[job.id] = WorkOutcome("failed", error)
+                    state, out[job.id] = "failed", WorkOutcome("failed", error)
                 else:
-                    self.store.set_delivery(result_uid, name, "retrying", attempts=job.attempts, error=error,
-                                            **audit)
-                    out[job.id] = WorkOutcome("retry", error, self.backoff(job.attempts))
+                    state, out[job.id] = "retrying", WorkOutcome("retry", error, self.backoff(job.attempts))
+                self.store.set_delivery(job.ref.rpartition(">")[0], name, state, attempts=job.attempts,
+                                        peer_ae=dest.ae_title, peer_host=dest.host, error=error)
             if report.failed:
                 log.warning("delivery failed", extra={"destination": name, "failed": len(report.failed),
                                                       "error": report.failed[0][1]})

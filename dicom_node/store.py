@@ -169,6 +169,13 @@ class InstanceRow:
     peer_host: str | None
 
 
+
+def _insert_audit(conn: sqlite3.Connection, at: float, event: str, peer_ae: str | None, peer_host: str | None,
+                  outcome: str | None, detail: dict[str, Any] | None) -> None:
+    """One audit row, inside the caller's transaction."""
+    conn.execute("INSERT INTO audit (at, event, peer_ae, peer_host, outcome, detail) VALUES (?,?,?,?,?,?)",
+                 (at, event, peer_ae, peer_host, outcome, json.dumps(detail) if detail else None))
+
 class Store:
     """Thread-safe access to the node's database; one connection per thread."""
 
@@ -209,9 +216,10 @@ class Store:
             self._local.conn = conn
             with self._lock:
                 # Connections of threads that have ended would hold their file descriptors for ever.
-                for _, old in [entry for entry in self._all if not entry[0].is_alive()]:
-                    old.close()
-                self._all = [entry for entry in self._all if entry[0].is_alive()]
+                ended = [entry for entry in self._all if not entry[0].is_alive()]
+                for entry in ended:
+                    entry[1].close()
+                    self._all.remove(entry)
                 self._all.append((threading.current_thread(), conn))
         return conn
 
@@ -474,17 +482,13 @@ class Store:
         return dict(row) if row else None
 
     def set_delivery(self, result_uid: str, destination: str, state: str, *, attempts: int,
-                     error: str | None = None, peer_ae: str | None = None, peer_host: str | None = None) -> None:
+                     peer_ae: str, peer_host: str, error: str | None = None) -> None:
         """Record the outcome of one delivery attempt: the delivery's state, the destination's last
         delivery, and a row in the audit trail (every attempt, not only the last)."""
         now = time.time()
         with self.transaction() as conn:
-            conn.execute(
-                "INSERT INTO audit (at, event, peer_ae, peer_host, outcome, detail) VALUES (?,?,?,?,?,?)",
-                (now, "delivery", peer_ae, peer_host, state,
-                 json.dumps({"destination": destination, "result_uid": result_uid, "attempts": attempts,
-                             "error": error})),
-            )
+            _insert_audit(conn, now, "delivery", peer_ae, peer_host, state,
+                          {"destination": destination, "result_uid": result_uid, "attempts": attempts, "error": error})
             conn.execute(
                 "UPDATE deliveries SET state=?, attempts=?, error=?, updated_at=?,"
                 " delivered_at=CASE WHEN ?='delivered' THEN ? ELSE delivered_at END"
@@ -535,10 +539,7 @@ class Store:
               outcome: str | None = None, detail: dict[str, Any] | None = None) -> None:
         """Append to the audit trail (UIDs, AE titles, addresses, counts: never patient data)."""
         with self.transaction() as conn:
-            conn.execute(
-                "INSERT INTO audit (at, event, peer_ae, peer_host, outcome, detail) VALUES (?,?,?,?,?,?)",
-                (time.time(), event, peer_ae, peer_host, outcome, json.dumps(detail) if detail else None),
-            )
+            _insert_audit(conn, time.time(), event, peer_ae, peer_host, outcome, detail)
 
     # -- summary -------------------------------------------------------------------------------
 

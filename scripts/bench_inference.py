@@ -158,6 +158,10 @@ def _worker_throughput(images: list[pydicom.Dataset], threads: int, batch: int) 
             ds.save_as(files[-1], enforce_file_format=True)
         sink_port, received = free_port(), root / "pacs"
         received.mkdir()
+
+        def results_at_destination() -> int:
+            return sum(1 for p in received.rglob("*") if p.is_file())
+
         sink = subprocess.Popen(["storescp", "-od", str(received), "-aet", "PACS", str(sink_port)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         node = NodeProcess(root / "node", {
@@ -175,15 +179,15 @@ def _worker_throughput(images: list[pydicom.Dataset], threads: int, batch: int) 
             if storescu(node.port, [warm]).returncode != 0:
                 raise RuntimeError("storescu failed on the warm-up image")
             node.wait_jobs_settled(1, timeout_s=600)
-            wait_for("warm-up results", lambda: sum(1 for p in received.rglob("*") if p.is_file()) >= 3, 600, 0.2)
+            wait_for("warm-up results", lambda: results_at_destination() >= 3, 600, 0.2)
             t0 = time.monotonic()
             sent = storescu(node.port, files)
             if sent.returncode != 0:
                 raise RuntimeError(f"storescu failed: {sent.stderr[-300:]}")
             node.wait_jobs_settled(1 + len(files), timeout_s=1800)
             analysed = time.monotonic() - t0
-            wait_for("every result at the destination",
-                     lambda: sum(1 for p in received.rglob("*") if p.is_file()) >= 3 * (1 + len(files)), 1800, 0.2)
+            wait_for("every result at the destination", lambda: results_at_destination() >= 3 * (1 + len(files)),
+                     1800, 0.2)
             delivered = time.monotonic() - t0
         finally:
             node.stop()

@@ -102,8 +102,10 @@ def main() -> int:
         pacs = OrthancProcess(Path(tmp) / "orthanc-direct").start()
         try:
             t0 = time.monotonic()
-            storescu(pacs.dicom_port, files[1:], aec=pacs.destination()["ae_title"])
+            sent = storescu(pacs.dicom_port, files[1:], aec=pacs.destination()["ae_title"])
             direct = time.monotonic() - t0
+            if sent.returncode != 0 or len(pacs.get("/instances")) != len(files) - 1:
+                raise RuntimeError(f"Orthanc did not store the radiographs sent to it directly: {sent.stderr[-300:]}")
         finally:
             pacs.stop()
         burst = result["burst"]

@@ -13,12 +13,12 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from dicom_node import __version__
 from dicom_node.cli.common import ConfigOpt, JsonOpt, console, err, fail, get_config, print_json
 from dicom_node.config import Config
 
 app = typer.Typer(
     name="dicom-node",
-    help="A DICOM node that receives chest radiographs, detects lung opacities and returns results to PACS.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -27,8 +27,6 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        from dicom_node import __version__
-
         typer.echo(f"dicom-node {__version__}")
         raise typer.Exit()
 
@@ -39,6 +37,8 @@ def _root(
                                           help="print the version and exit")] = False,
 ) -> None:
     """A DICOM node that receives chest radiographs, detects lung opacities and returns results to PACS."""
+
+
 @app.command()
 def serve(
     config: ConfigOpt = None,

@@ -14,12 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from dicom_node.cli.common import ConfigOpt as ConfigOption
-from dicom_node.cli.common import JsonOpt as JsonOption
-from dicom_node.cli.common import console, err
-from dicom_node.cli.common import fail as _fail
-from dicom_node.cli.common import get_config as _settings
-from dicom_node.cli.common import print_json as _print_json
+from dicom_node.cli.common import ConfigOpt, JsonOpt, console, err, fail, get_config, print_json
 from dicom_node.config import Config
 
 app = typer.Typer(help="Train, evaluate and describe the opacity detector (Detectron2 Cascade R-CNN).")
@@ -51,7 +46,6 @@ CocoOption = Annotated[
     Path | None, typer.Option("--coco", help="COCO detection JSON; images beside it or under --images")
 ]
 
-_err = err
 
 
 def _load_detector(cfg: Config, weights: Path | None, model_config: str | None) -> Any:
@@ -66,7 +60,7 @@ def _load_detector(cfg: Config, weights: Path | None, model_config: str | None) 
             config=model_config,
         )
     except (FileNotFoundError, RuntimeError) as exc:
-        raise _fail(str(exc), 1) from None
+        raise fail(str(exc), 1) from None
 
 
 @app.command()
@@ -105,18 +99,18 @@ def train(
     opt: Annotated[
         list[str] | None, typer.Option("--opt", help="Detectron2 config override KEY=VALUE (repeatable)")
     ] = None,
-    config: ConfigOption = None,
-    as_json: JsonOption = False,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Train a detector with Detectron2's trainer; resumable, with periodic evaluation on phantoms."""
     from models.train import TrainOptions
     from models.train import train as run_train
 
-    cfg = _settings(config)
+    cfg = get_config(config)
     opts: list[str] = []
     for item in opt or []:
         if "=" not in item:
-            raise _fail(f"--opt {item!r}: expected KEY=VALUE, e.g. SOLVER.BASE_LR=0.01", 2)
+            raise fail(f"--opt {item!r}: expected KEY=VALUE, e.g. SOLVER.BASE_LR=0.01", 2)
         key, value = item.split("=", 1)
         opts += [key, value]
     options = TrainOptions(
@@ -141,12 +135,12 @@ def train(
     try:
         options.source()
     except ValueError as exc:
-        raise _fail(str(exc), 2) from None
-    summary = run_train(options, log=lambda line: _err.print(line, markup=False, highlight=False))
+        raise fail(str(exc), 2) from None
+    summary = run_train(options, log=lambda line: err.print(line, markup=False, highlight=False))
     if as_json:
-        _print_json(summary)
+        print_json(summary)
     else:
-        _err.print(
+        err.print(
             f"done: {summary['iterations']} iterations in {summary['train_seconds']:.0f}s"
             f" -> {summary['checkpoint']}"
         )
@@ -162,8 +156,8 @@ def evaluate(
     rsna_csv: RsnaOption = None,
     images: ImagesOption = None,
     coco: CocoOption = None,
-    config: ConfigOption = None,
-    as_json: JsonOption = False,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """COCO AP, AP50, AP75, AP at IoU 0.2/0.4/0.5/0.7 and FROC sensitivities of a model on labelled data."""
     from models import datasets
@@ -171,10 +165,10 @@ def evaluate(
 
     given = [x for x in (phantoms, rsna_csv, coco) if x is not None]
     if len(given) != 1:
-        raise _fail("give exactly one of --phantoms N, --rsna-csv CSV --images DIR, --coco JSON", 2)
+        raise fail("give exactly one of --phantoms N, --rsna-csv CSV --images DIR, --coco JSON", 2)
     if rsna_csv is not None and images is None:
-        raise _fail("--rsna-csv needs --images DIR", 2)
-    cfg = _settings(config)
+        raise fail("--rsna-csv needs --images DIR", 2)
+    cfg = get_config(config)
     det = _load_detector(cfg, weights, model_config)
     try:
         if phantoms is not None:
@@ -189,11 +183,11 @@ def evaluate(
             samples = datasets.coco_samples(coco, det.input_size, image_root=images)
             source = f"coco {coco}"
     except (FileNotFoundError, ValueError) as exc:
-        raise _fail(str(exc), 1) from None
+        raise fail(str(exc), 1) from None
     result = evaluate_detector(det, samples)
     info = det.info
     if as_json:
-        _print_json(
+        print_json(
             {
                 **result,
                 "model": info.name,
@@ -215,11 +209,11 @@ def evaluate(
 def info(
     weights: WeightsOption = None,
     model_config: ModelConfigOption = None,
-    config: ConfigOption = None,
-    as_json: JsonOption = False,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Which model the node would run: name, version, Device UID, classes, input size, threshold, device."""
-    cfg = _settings(config)
+    cfg = get_config(config)
     det = _load_detector(cfg, weights, model_config)
     i = det.info
     data = {
@@ -235,7 +229,7 @@ def info(
         **i.extra,
     }
     if as_json:
-        _print_json(data)
+        print_json(data)
         return
     table = Table(title="model")
     table.add_column("field")

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from dicom_node.testing import REPO, NodeProcess, wait_for  # noqa: F401  (re-exported for the admin tests)
+from dicom_node.testing import REPO, NodeProcess, wait_for
 
 ARTIFACTS = REPO / "test-artifacts" / "admin"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 import httpx
 import pydicom
 import pytest
-from admin_support import FedNode, wait_for
+from admin_support import FedNode
 
-from dicom_node.testing import REPO, NodeProcess, free_port, require, rsna_files, storescu, tool
+from dicom_node.testing import REPO, NodeProcess, free_port, require, rsna_files, storescu, tool, wait_for
 from models import SHIPPED_WEIGHTS
 
 FLEET_IMAGES = 64  # per device: more than the 50-image exposure-index baseline, so the drift chart has limits

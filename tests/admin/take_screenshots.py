@@ -20,9 +20,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
-from admin_support import chromium, wait_for
+from admin_support import chromium
 
-from dicom_node.testing import REPO, NodeProcess, OrthancProcess, free_port, rsna_files, storescu
+from dicom_node.testing import REPO, NodeProcess, OrthancProcess, free_port, rsna_files, storescu, wait_for
 
 
 def main(argv: list[str] | None = None) -> int:
