@@ -158,7 +158,7 @@ class ResultsConfig(_Section):
 
 class ModelConfig(_Section):
     weights: Path | None = None
-    score_threshold: float = Field(0.4, ge=0.0, le=1.0)
+    score_threshold: float | None = Field(None, ge=0.0, le=1.0)  # None: the checkpoint's own
     device: str = "auto"
     threads: int = Field(2, ge=1, le=256)
 

@@ -116,15 +116,17 @@ class DetectStep:
         if not ready:
             return out
         t0 = time.perf_counter()
-        detections = detector.predict_prepared(prepared)
+        analyses = detector.analyse_prepared(prepared)
         per_image_ms = (time.perf_counter() - t0) * 1000 / len(ready)
-        for item, dets in zip(ready, detections, strict=True):
-            item.detections = dets
+        for item, analysis in zip(ready, analyses, strict=True):
+            item.detections = list(analysis.detections)
+            item.opacity_probability = analysis.opacity_probability
             item.timings["inference"] = per_image_ms
             item.timings["total"] = item.timings["preprocess"] + per_image_ms
             self.store.record_analysis(
-                item.job.ref, "analysed", findings=[_finding(d) for d in dets], model_name=info.name,
+                item.job.ref, "analysed", findings=[_finding(d) for d in analysis.detections], model_name=info.name,
                 model_version=info.version, timings_ms=item.timings,
+                opacity_probability=analysis.opacity_probability,
             )
         return out
 
@@ -152,7 +154,7 @@ class ResultsStep:
             kinds = sorted({k for d in dests for k in d.kinds}) or ["sr", "gsps", "sc"]
             source: Dataset = item.dataset if item.dataset is not None else dcmread(item.row["path"])
             objects = build_all(source, item.detections, self.detect.info, self.node, kinds=kinds,  # type: ignore[arg-type]
-                                ohif=self.cfg.results.ohif)
+                                ohif=self.cfg.results.ohif, opacity_probability=item.opacity_probability)
             rows: list[dict[str, Any]] = []
             for kind, ds in objects.items():
                 path = self.outbox.path_for(str(ds.StudyInstanceUID), str(ds.SOPInstanceUID))

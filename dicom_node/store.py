@@ -25,7 +25,7 @@ from typing import Any
 import sqlite_utils
 
 JOB_STATES = ("queued", "running", "done", "skipped", "failed")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -80,6 +80,7 @@ CREATE TABLE IF NOT EXISTS analyses (
     model_name TEXT,
     model_version TEXT,
     n_findings INTEGER NOT NULL DEFAULT 0,
+    opacity_probability REAL,
     preprocess_ms REAL,
     inference_ms REAL,
     total_ms REAL,
@@ -176,6 +177,13 @@ def _insert_audit(conn: sqlite3.Connection, at: float, event: str, peer_ae: str 
     conn.execute("INSERT INTO audit (at, event, peer_ae, peer_host, outcome, detail) VALUES (?,?,?,?,?,?)",
                  (at, event, peer_ae, peer_host, outcome, json.dumps(detail) if detail else None))
 
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a database written by an older version up to :data:`SCHEMA_VERSION`, in place."""
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(analyses)")}
+    if "opacity_probability" not in columns:  # version 1 -> 2: the image-level answer
+        conn.execute("ALTER TABLE analyses ADD COLUMN opacity_probability REAL")
+
+
 class Store:
     """Thread-safe access to the node's database; one connection per thread."""
 
@@ -190,8 +198,10 @@ class Store:
             conn = self.conn()
             conn.executescript(_SCHEMA)  # runs in its own transaction; every statement is idempotent
             with self.transaction() as conn:
+                _migrate(conn)
                 conn.execute(
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?)"
+                    " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                     (str(SCHEMA_VERSION),),
                 )
 
@@ -430,7 +440,8 @@ class Store:
 
     def record_analysis(self, sop_instance_uid: str, outcome: str, *, reason: str | None = None,
                         findings: Sequence[dict[str, Any]] = (), model_name: str | None = None,
-                        model_version: str | None = None, timings_ms: dict[str, float] | None = None) -> None:
+                        model_version: str | None = None, timings_ms: dict[str, float] | None = None,
+                        opacity_probability: float | None = None) -> None:
         """Replace this instance's analysis and findings (idempotent: a redo after a crash overwrites)."""
         now = time.time()
         t = timings_ms or {}
@@ -444,8 +455,9 @@ class Store:
             )
             conn.execute(
                 "INSERT OR REPLACE INTO analyses (sop_instance_uid, outcome, reason, model_name, model_version,"
-                " n_findings, preprocess_ms, inference_ms, total_ms, analysed_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (sop_instance_uid, outcome, reason, model_name, model_version, len(findings),
+                " n_findings, opacity_probability, preprocess_ms, inference_ms, total_ms, analysed_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (sop_instance_uid, outcome, reason, model_name, model_version, len(findings), opacity_probability,
                  t.get("preprocess"), t.get("inference"), t.get("total"), now),
             )
 
@@ -517,7 +529,8 @@ class Store:
         out = []
         for inst in conn.execute(
             "SELECT i.sop_instance_uid, i.sop_class_uid, i.modality, i.calling_ae, i.received_at,"
-            " a.outcome, a.reason, a.model_name, a.model_version, a.n_findings, a.inference_ms, a.total_ms"
+            " a.outcome, a.reason, a.model_name, a.model_version, a.n_findings, a.opacity_probability,"
+            " a.inference_ms, a.total_ms"
             " FROM instances i LEFT JOIN analyses a USING (sop_instance_uid)"
             " WHERE i.study_instance_uid = ? ORDER BY i.received_at", (study_instance_uid,)):
             item = dict(inst)

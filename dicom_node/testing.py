@@ -24,15 +24,18 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _rsna_dir() -> Path:
-    """The real RSNA sample: $RSNA_SAMPLE_DIR, else shared/ inside or beside the checkout."""
-    env = os.environ.get("RSNA_SAMPLE_DIR")
-    candidates = [Path(env)] if env else []
-    candidates += [REPO / "shared" / "data" / "rsna-cxr-sample", REPO.parent / "shared" / "data" / "rsna-cxr-sample"]
-    return next((c for c in candidates if (c / "labels.csv").is_file()), candidates[-1])
+def _shared_data(name: str, env: str, marker: str) -> Path:
+    """A real data set of shared/: $ENV, else shared/data/NAME inside or beside the checkout."""
+    given = os.environ.get(env)
+    candidates = [Path(given)] if given else []
+    candidates += [REPO / "shared" / "data" / name, REPO.parent / "shared" / "data" / name]
+    return next((c for c in candidates if (c / marker).is_file()), candidates[-1])
 
 
-RSNA_DIR = _rsna_dir()
+#: The real RSNA sample (9 CRs with boxes): $RSNA_SAMPLE_DIR, else shared/data/rsna-cxr-sample.
+RSNA_DIR = _shared_data("rsna-cxr-sample", "RSNA_SAMPLE_DIR", "labels.csv")
+#: The SIIM-FISABIO-RSNA radiographs the shipped model was trained on: $SIIM_DIR, else shared/.
+SIIM_DIR = _shared_data("siim-covid-256", "SIIM_DIR", "train_image_level.csv")
 
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

@@ -146,6 +146,7 @@ class Item:
     header: Dataset
     dataset: Dataset | None = None  # the whole instance, once a step has read its pixels
     detections: list[Any] = field(default_factory=list)
+    opacity_probability: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from PIL import Image
 from models import phantoms
 from models.preprocess import Letterbox, Prepared, letterbox, prepare
 
-__all__ = ["Sample", "coco_samples", "fingerprint", "phantom_samples", "rsna_samples"]
+__all__ = ["Sample", "coco_samples", "fingerprint", "phantom_samples", "rsna_samples", "split_by_group"]
 
 
 @dataclass
@@ -33,6 +33,7 @@ class Sample:
     name: str
     prepared: Prepared
     boxes_source: np.ndarray  # (N, 4) float, source pixels
+    group: str = ""  # images of one group (a study) never straddle a train/validation split
 
     @property
     def boxes_model(self) -> np.ndarray:
@@ -117,6 +118,23 @@ def coco_samples(json_path: Path, input_size: int, image_root: Path | None = Non
             prepared = prepare(pydicom.dcmread(path), input_size)
         out.append(Sample(int(img["id"]), str(img["file_name"]), prepared, _xywh_to_xyxy(by_image[img["id"]])))
     return out
+
+
+def split_by_group(samples: Sequence[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """(train, validation): a seeded share of the groups (studies) goes to validation, whole.
+
+    Splitting by image would let a second image of the same study, the same patient on the same
+    day, leak into the validation set and flatter every figure measured on it.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"--val-fraction {val_fraction}: must be at least 0 and below 1")
+    groups = sorted({s.group or s.name for s in samples})
+    rng = np.random.default_rng(seed)
+    n_val = round(len(groups) * val_fraction)
+    held = {groups[int(i)] for i in rng.permutation(len(groups))[:n_val]}
+    train = [s for s in samples if (s.group or s.name) not in held]
+    val = [s for s in samples if (s.group or s.name) in held]
+    return train, val
 
 
 def fingerprint(samples: Iterable[Sample]) -> str:

@@ -6,6 +6,7 @@ result objects (which turn them into TID 1500 SR, GSPS and Secondary Capture).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
@@ -28,6 +29,24 @@ class Detection:
     @property
     def height(self) -> float:
         return self.box[3] - self.box[1]
+
+
+def image_probability(detections: Sequence[Detection]) -> float:
+    """The image-level answer: the probability that an opacity is present, the best box's score.
+
+    An image is as suspicious as its most suspicious box (every box the model proposes, not only
+    those above the reporting threshold); an image with no box at all scores 0.
+    """
+    return max((float(d.score) for d in detections), default=0.0)
+
+
+@dataclass(frozen=True)
+class ImageAnalysis:
+    """What the detector says about one image: findings at or above its threshold, and how likely
+    the image is to hold an opacity at all (for worklist sorting; see :func:`image_probability`)."""
+
+    detections: tuple[Detection, ...]
+    opacity_probability: float
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import torch
 from detectron2.config import CfgNode
 from pydicom.dataset import Dataset
 
-from models.detection import Detection, ModelInfo
+from models.detection import Detection, ImageAnalysis, ModelInfo, image_probability
 from models.modeling import SHIPPED_WEIGHTS, CheckpointMetadata, load_checkpoint
 from models.preprocess import Prepared, prepare
 
@@ -86,9 +86,21 @@ class Detector:
         self, prepared: Sequence[Prepared], score_threshold: float | None = None
     ) -> list[list[Detection]]:
         """Detections for already preprocessed images (one forward pass for the whole batch)."""
+        threshold = self.score_threshold if score_threshold is None else score_threshold
+        return [[d for d in dets if d.score >= threshold] for dets in self._forward(prepared)]
+
+    def analyse_prepared(self, prepared: Sequence[Prepared]) -> list[ImageAnalysis]:
+        """Findings at the threshold plus the image-level opacity probability, from one forward pass."""
+        out = []
+        for dets in self._forward(prepared):
+            kept = tuple(d for d in dets if d.score >= self.score_threshold)
+            out.append(ImageAnalysis(detections=kept, opacity_probability=image_probability(dets)))
+        return out
+
+    def _forward(self, prepared: Sequence[Prepared]) -> list[list[Detection]]:
+        """Every detection the model keeps (its own SCORE_THRESH_TEST), in source pixels, best first."""
         if not prepared:
             return []
-        threshold = self.score_threshold if score_threshold is None else score_threshold
         inputs = []
         for p in prepared:
             t = torch.from_numpy(np.ascontiguousarray(p.image)).to(torch.float32)
@@ -105,11 +117,10 @@ class Detector:
         for p, out in zip(prepared, outputs, strict=True):
             inst = out["instances"].to("cpu")
             scores = inst.scores.numpy()
-            keep = scores >= threshold
-            boxes = p.letterbox.to_source(inst.pred_boxes.tensor.numpy()[keep])
+            boxes = p.letterbox.to_source(inst.pred_boxes.tensor.numpy())
             dets = [
                 Detection(box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])), score=float(s))
-                for b, s in zip(boxes, scores[keep], strict=True)
+                for b, s in zip(boxes, scores, strict=True)
                 if b[2] > b[0] and b[3] > b[1]
             ]
             dets.sort(key=lambda d: -d.score)

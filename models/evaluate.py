@@ -16,12 +16,21 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from models.datasets import Sample
-from models.detection import Detection
+from models.detection import Detection, image_probability
 
 TABLE1_IOUS = (0.2, 0.4, 0.5, 0.7)
 FROC_FPPI = (0.5, 1.0, 2.0)
 
-__all__ = ["TABLE1_IOUS", "FROC_FPPI", "evaluate_detections", "evaluate_detector", "froc"]
+__all__ = [
+    "TABLE1_IOUS",
+    "FROC_FPPI",
+    "auroc",
+    "detect_all",
+    "evaluate_detections",
+    "evaluate_detector",
+    "froc",
+    "operating_point",
+]
 
 
 def _coco_gt(samples: Sequence[Sample]) -> COCO:
@@ -67,10 +76,32 @@ def _ap_at(gt: COCO, dets: list[dict], ious: Sequence[float] | None) -> np.ndarr
     return np.asarray(out)
 
 
-def froc(samples: Sequence[Sample], detections: Sequence[Sequence[Detection]], iou: float = 0.5) -> dict[float, float]:
-    """Sensitivity (fraction of boxes found) at each false-positives-per-image rate of FROC_FPPI."""
-    total = sum(len(s.boxes_source) for s in samples)
-    scored = []  # (score, is_true_positive)
+def auroc(positive: Sequence[bool], scores: Sequence[float]) -> float | None:
+    """Area under the ROC curve (Mann-Whitney U, ties counted half); None without both classes."""
+    y = np.asarray(positive, dtype=bool)
+    x = np.asarray(scores, dtype=np.float64)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if not n_pos or not n_neg:
+        return None
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x))
+    sorted_x = x[order]
+    # average ranks over ties
+    i = 0
+    while i < len(x):
+        j = i
+        while j + 1 < len(x) and sorted_x[j + 1] == sorted_x[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def _matches(
+    samples: Sequence[Sample], detections: Sequence[Sequence[Detection]], iou: float
+) -> list[tuple[float, bool]]:
+    """(score, true positive) per detection: greedy by score, each ground-truth box matched once."""
+    scored = []
     for s, dets in zip(samples, detections, strict=True):
         gts = s.boxes_source
         taken = np.zeros(len(gts), dtype=bool)
@@ -85,6 +116,42 @@ def froc(samples: Sequence[Sample], detections: Sequence[Sequence[Detection]], i
                     hit = True
             scored.append((d.score, hit))
     scored.sort(key=lambda t: -t[0])
+    return scored
+
+
+def operating_point(
+    samples: Sequence[Sample], detections: Sequence[Sequence[Detection]], iou: float = 0.5
+) -> dict[str, float]:
+    """The score threshold with the best box-level F1 at ``iou`` (the rule the shipped model uses).
+
+    F1 weighs a missed opacity and a false box alike, which suits a second reader whose boxes a
+    radiologist reviews. Returns the threshold with its precision, recall and F1.
+    """
+    total = sum(len(s.boxes_source) for s in samples)
+    best = {"threshold": 0.5, "f1": 0.0, "precision": 0.0, "recall": 0.0, "iou": iou}
+    tp = fp = 0
+    scored = _matches(samples, detections, iou)
+    for k, (score, hit) in enumerate(scored):
+        tp += hit
+        fp += not hit
+        if k + 1 < len(scored) and scored[k + 1][0] == score:
+            continue  # a threshold keeps every detection of equal score
+        f1 = 2 * tp / max(1, 2 * tp + fp + (total - tp))
+        if f1 > best["f1"]:
+            best = {
+                "threshold": round(float(score), 4),
+                "f1": round(f1, 4),
+                "precision": round(tp / (tp + fp), 4),
+                "recall": round(tp / max(1, total), 4),
+                "iou": iou,
+            }
+    return best
+
+
+def froc(samples: Sequence[Sample], detections: Sequence[Sequence[Detection]], iou: float = 0.5) -> dict[float, float]:
+    """Sensitivity (fraction of boxes found) at each false-positives-per-image rate of FROC_FPPI."""
+    total = sum(len(s.boxes_source) for s in samples)
+    scored = _matches(samples, detections, iou)
     n_images = max(1, len(samples))
     tp = fp = 0
     best = dict.fromkeys(FROC_FPPI, 0.0)
@@ -137,6 +204,8 @@ def evaluate_detections(samples: Sequence[Sample], detections: Sequence[Sequence
         result[f"AP@{iou}"] = round(float(ap), 4)
     for rate, value in sens.items():
         result[f"sensitivity@{rate:g}FP"] = round(value, 4)
+    auc = auroc([len(s.boxes_source) > 0 for s in samples], [image_probability(d) for d in detections])
+    result["image_auroc"] = None if auc is None else round(auc, 4)
     result["images"] = len(samples)
     result["boxes"] = int(sum(len(s.boxes_source) for s in samples))
     return result
@@ -149,10 +218,20 @@ def evaluate_detector(
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, float | int]:
     """Run ``detector`` (a :class:`models.detector.Detector`) on the samples with every score kept."""
+    return evaluate_detections(samples, detect_all(detector, samples, batch_size, progress))
+
+
+def detect_all(
+    detector: object,
+    samples: Sequence[Sample],
+    batch_size: int = 4,
+    progress: Callable[[int], None] | None = None,
+) -> list[list[Detection]]:
+    """Every detection of ``detector`` on the samples, whatever its score (for curves and thresholds)."""
     detections: list[list[Detection]] = []
     for i in range(0, len(samples), batch_size):
         batch = samples[i : i + batch_size]
         detections += detector.predict_prepared([s.prepared for s in batch], score_threshold=0.0)  # type: ignore[attr-defined]
         if progress:
             progress(len(batch))
-    return evaluate_detections(samples, detections)
+    return detections

@@ -31,8 +31,9 @@ from pydicom.uid import generate_uid
 from models import datasets
 from models.datasets import Sample
 from models.detector import Detector, pick_device
-from models.evaluate import evaluate_detector
+from models.evaluate import detect_all, evaluate_detector, operating_point
 from models.modeling import MODEL_NAME, CheckpointMetadata, build, load_config, resolve_config, save_checkpoint
+from models.siim import siim_samples
 
 __all__ = ["TrainOptions", "train"]
 
@@ -50,6 +51,9 @@ class TrainOptions:
     rsna_csv: Path | None = None
     images: Path | None = None
     coco_json: Path | None = None
+    siim: Path | None = None
+    val_fraction: float = 0.2
+    limit: int | None = None
     val_phantoms: int = 40
     max_iter: int | None = None
     eval_period: int | None = None
@@ -58,53 +62,137 @@ class TrainOptions:
     export: Path | None = None
     threads: int | None = 2
     device: str = "auto"
-    score_threshold: float = 0.4
+    score_threshold: float | None = None  # None: chosen on the validation set (best F1)
     version: str = MODEL_VERSION
     opts: list[str] = field(default_factory=list)
 
     def source(self) -> str:
-        given = [x for x in (self.phantoms, self.rsna_csv, self.coco_json) if x is not None]
+        given = [x for x in (self.phantoms, self.rsna_csv, self.coco_json, self.siim) if x is not None]
         if len(given) != 1:
-            raise ValueError("give exactly one of --phantoms N, --rsna-csv CSV (with --images DIR), --coco JSON")
+            raise ValueError(
+                "give exactly one of --phantoms N, --siim DIR, --rsna-csv CSV (with --images DIR), --coco JSON"
+            )
         if self.rsna_csv is not None and self.images is None:
             raise ValueError("--rsna-csv needs --images DIR (the DICOM folder)")
         if self.phantoms is not None:
             return f"phantoms n={self.phantoms} seed={self.seed}"
+        if self.siim is not None:
+            return f"siim dir={Path(self.siim).name} val_fraction={self.val_fraction} seed={self.seed}"
         if self.rsna_csv is not None:
             return f"rsna csv={Path(self.rsna_csv).name}"
         return f"coco json={Path(self.coco_json or '').name}"
 
 
-def load_samples(opts: TrainOptions, input_size: int, progress: Callable[[int], None] | None = None) -> list[Sample]:
-    """The training set, preprocessed for the model."""
+def load_samples(opts: TrainOptions, input_size: int) -> tuple[list[Sample], list[Sample]]:
+    """(training set, validation set), preprocessed for the model.
+
+    A SIIM folder is split by study (``val_fraction``, seeded); the other sources are validated on
+    ``val_phantoms`` phantoms of another seed.
+    """
+    if opts.siim is not None:
+        samples = siim_samples(Path(opts.siim), input_size, limit=opts.limit)
+        return datasets.split_by_group(samples, opts.val_fraction, opts.seed)
     if opts.phantoms is not None:
-        return datasets.phantom_samples(opts.phantoms, opts.seed, input_size, progress=progress)
-    if opts.rsna_csv is not None:
+        train_set = datasets.phantom_samples(opts.phantoms, opts.seed, input_size)
+    elif opts.rsna_csv is not None:
         assert opts.images is not None
-        return datasets.rsna_samples(Path(opts.rsna_csv), Path(opts.images), input_size)
-    assert opts.coco_json is not None
-    return datasets.coco_samples(Path(opts.coco_json), input_size, image_root=opts.images)
+        train_set = datasets.rsna_samples(Path(opts.rsna_csv), Path(opts.images), input_size)
+    else:
+        assert opts.coco_json is not None
+        train_set = datasets.coco_samples(Path(opts.coco_json), input_size, image_root=opts.images)
+    val = datasets.phantom_samples(opts.val_phantoms, opts.seed + 1_000_003, input_size) if opts.val_phantoms else []
+    return train_set, val
 
 
-def _augmentations(size: int) -> T.AugmentationList:
-    """Light photometric and geometric jitter: exposure, contrast, mirror, small zoom and shift."""
-    return T.AugmentationList(
-        [
-            T.RandomFlip(prob=0.5, horizontal=True),
-            T.RandomApply(T.RandomExtent(scale_range=(0.9, 1.15), shift_range=(0.08, 0.08)), prob=0.5),
-            T.Resize((size, size)),
-            T.RandomBrightness(0.85, 1.15),
-            T.RandomContrast(0.8, 1.25),
+class _RotateTransform(T.Transform):
+    """Rotation about the image centre with Pillow (Detectron2's own needs OpenCV, not installed).
+
+    A box becomes the bounding box of its rotated corners, as in Detectron2's RotationTransform.
+    """
+
+    def __init__(self, h: int, w: int, angle: float) -> None:
+        super().__init__()
+        self.h, self.w, self.angle = h, w, angle
+
+    def apply_image(self, img: np.ndarray) -> np.ndarray:
+        from PIL import Image
+
+        squeeze = img.ndim == 3 and img.shape[2] == 1
+        arr = img[:, :, 0] if squeeze else img
+        out = np.asarray(Image.fromarray(arr).rotate(self.angle, resample=Image.Resampling.BILINEAR))
+        return out[:, :, None] if squeeze else out
+
+    def apply_coords(self, coords: np.ndarray) -> np.ndarray:
+        # Pillow turns the picture counter-clockwise by ``angle``; with y pointing down that is this map.
+        t = np.deg2rad(self.angle)
+        cx, cy = self.w / 2.0, self.h / 2.0
+        x, y = coords[:, 0] - cx, coords[:, 1] - cy
+        out = np.empty_like(coords)
+        out[:, 0] = cx + x * np.cos(t) + y * np.sin(t)
+        out[:, 1] = cy - x * np.sin(t) + y * np.cos(t)
+        return out
+
+
+class _RandomRotation(T.Augmentation):
+    def __init__(self, degrees: float) -> None:
+        super().__init__()
+        self.degrees = degrees
+
+    def get_transform(self, image: np.ndarray) -> T.Transform:
+        h, w = image.shape[:2]
+        return _RotateTransform(h, w, float(np.random.uniform(-self.degrees, self.degrees)))
+
+
+class _FilmNoise(T.Augmentation):
+    """Photometric jitter of a real film: a gamma curve (detector response) and Gaussian noise."""
+
+    def __init__(self, gamma: tuple[float, float] = (0.8, 1.25), sigma: tuple[float, float] = (0.0, 6.0)) -> None:
+        super().__init__()
+        self.gamma = gamma
+        self.sigma = sigma
+
+    def get_transform(self, image: np.ndarray) -> T.Transform:
+        gamma = float(np.random.uniform(*self.gamma))
+        sigma = float(np.random.uniform(*self.sigma))
+        seed = int(np.random.randint(0, 2**31 - 1))
+
+        def apply(img: np.ndarray) -> np.ndarray:
+            out = 255.0 * (np.clip(img.astype(np.float32), 0, 255) / 255.0) ** gamma
+            if sigma > 0:
+                out = out + np.random.default_rng(seed).normal(0.0, sigma, img.shape).astype(np.float32)
+            return np.clip(out, 0, 255)
+
+        return T.ColorTransform(apply)
+
+
+def _augmentations(size: int, real: bool) -> T.AugmentationList:
+    """Geometric and photometric jitter; real films also get rotation, wider zoom, gamma and noise.
+
+    Phantoms are drawn upright and noise-free; real radiographs come rotated by positioning, at
+    varying magnification, exposure and detector noise, so those are what the model must not mind.
+    Horizontal flips are safe for opacities (either lung).
+    """
+    geometric: list[T.Augmentation] = [T.RandomFlip(prob=0.5, horizontal=True)]
+    if real:
+        geometric += [
+            T.RandomApply(_RandomRotation(8.0), prob=0.5),
+            T.RandomApply(T.RandomExtent(scale_range=(0.85, 1.2), shift_range=(0.1, 0.1)), prob=0.6),
         ]
-    )
+    else:
+        geometric.append(T.RandomApply(T.RandomExtent(scale_range=(0.9, 1.15), shift_range=(0.08, 0.08)), prob=0.5))
+    photometric: list[T.Augmentation] = [T.RandomBrightness(0.85, 1.15), T.RandomContrast(0.8, 1.25)]
+    if real:
+        photometric.append(T.RandomApply(_FilmNoise(), prob=0.7))
+    return T.AugmentationList([*geometric, T.Resize((size, size)), *photometric])
 
 
 def batches(
-    samples: list[Sample], batch_size: int, size: int, channels: int, seed: int
+    samples: list[Sample], batch_size: int, size: int, channels: int, seed: int, real: bool = False
 ) -> Iterator[list[dict[str, Any]]]:
     """Endless shuffled batches of Detectron2 input dicts with augmented images and boxes."""
     rng = np.random.default_rng(seed)
-    augs = _augmentations(size)
+    np.random.seed(seed)  # Detectron2's augmentations draw from numpy's global generator
+    augs = _augmentations(size, real)
     while True:
         order = rng.permutation(len(samples))
         for start in range(0, len(order) - batch_size + 1, batch_size):
@@ -235,18 +323,17 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print) -> dict[str, A
 
     t0 = time.perf_counter()
     log(f"preparing training data: {source}")
-    samples = load_samples(opts, size)
+    samples, val = load_samples(opts, size)
     fp = datasets.fingerprint(samples)
-    val = datasets.phantom_samples(opts.val_phantoms, opts.seed + 1_000_003, size) if opts.val_phantoms else []
     log(
         f"{len(samples)} training images, {sum(len(s.boxes_source) for s in samples)} boxes, "
-        f"fingerprint {fp[:16]}, prepared in {time.perf_counter() - t0:.0f}s"
+        f"{len(val)} validation images, fingerprint {fp[:16]}, prepared in {time.perf_counter() - t0:.0f}s"
     )
 
     model = build(cfg, device)
     model.train()
     optimizer = build_optimizer(cfg, model)
-    loader = batches(samples, cfg.SOLVER.IMS_PER_BATCH, size, channels, opts.seed)
+    loader = batches(samples, cfg.SOLVER.IMS_PER_BATCH, size, channels, opts.seed, real=opts.phantoms is None)
     trainer = SimpleTrainer(model, loader, optimizer)
     scheduler = build_lr_scheduler(cfg, optimizer)
     cascade = cfg.MODEL.ROI_HEADS.NAME == "CascadeROIHeads"
@@ -255,11 +342,14 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print) -> dict[str, A
         version=opts.version,
         device_uid=generate_uid(),
         input_size=size,
-        score_threshold=opts.score_threshold,
+        score_threshold=0.4 if opts.score_threshold is None else opts.score_threshold,
         data_fingerprint=fp,
         config_name=resolve_config(opts.config).stem,
         trained_on=source,
     )
+    if opts.siim is not None:
+        metadata.extra["split"] = f"by study, val_fraction={opts.val_fraction}, seed={opts.seed}"
+        metadata.extra["validation_images"] = str(len(val))
     checkpointer = _MetadataCheckpointer(
         model, str(out_dir), cfg=cfg, metadata=metadata, optimizer=optimizer, scheduler=scheduler
     )
@@ -284,7 +374,7 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print) -> dict[str, A
         if not val:
             return {}
         model.eval()
-        det = Detector(model, cfg, checkpointer.metadata, device, opts.score_threshold)
+        det = Detector(model, cfg, checkpointer.metadata, device, checkpointer.metadata.score_threshold)
         res = evaluate_detector(det, val)
         model.train()
         res_it = {"iteration": trainer.iter + 1, **res}
@@ -308,6 +398,17 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print) -> dict[str, A
     train_s = time.perf_counter() - t_train
 
     meta = checkpointer.metadata
+    if opts.score_threshold is None and val:
+        model.eval()
+        det = Detector(model, cfg, meta, device, meta.score_threshold)
+        point = operating_point(val, detect_all(det, val))
+        model.train()
+        meta.score_threshold = float(point["threshold"])
+        meta.extra["threshold_rule"] = (
+            f"best box F1 at IoU {point['iou']} on the validation set: F1 {point['f1']}, "
+            f"precision {point['precision']}, recall {point['recall']}"
+        )
+        log(f"score threshold {meta.score_threshold} ({meta.extra['threshold_rule']})")
     meta.extra["machine"] = _machine()
     meta.extra["train_seconds_this_run"] = f"{train_s:.0f}"
     # Detectron2's own final checkpoint (optimizer, scheduler, iteration: --resume can go on from it),

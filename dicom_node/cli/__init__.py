@@ -188,6 +188,8 @@ def results(
         console.print(f"[bold]{inst['sop_instance_uid']}[/] {inst['modality'] or ''} — {outcome}"
                       + (f" ({inst['reason']})" if inst["reason"] else ""))
         if inst["outcome"] == "analysed":
+            if inst.get("opacity_probability") is not None:
+                console.print(f"  opacity probability (image) {inst['opacity_probability']:.2f}")
             if inst["findings"]:
                 ft = Table("box x0,y0,x1,y1 (source pixels)", "score", "label")
                 for f in inst["findings"]:

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from dicom_node.cli.common import ConfigOpt, JsonOpt, console, err, fail, get_config, print_json
+from dicom_node.cli.common import ConfigOpt, JsonOpt, console, err, fail, get_config, print_json, progress_bar
 from dicom_node.config import Config
 
 app = typer.Typer(help="Train, evaluate and describe the opacity detector (Detectron2 Cascade R-CNN).")
@@ -41,6 +41,13 @@ RsnaOption = Annotated[
 ImagesOption = Annotated[
     Path | None,
     typer.Option("--images", help="folder of DICOM files named <patientId>.dcm (or COCO image root)"),
+]
+SiimOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--siim",
+        help="SIIM-FISABIO-RSNA COVID-19 folder (train_image_level.csv + images/ and image_sizes.csv, or train/**.dcm)",
+    ),
 ]
 CocoOption = Annotated[
     Path | None, typer.Option("--coco", help="COCO detection JSON; images beside it or under --images")
@@ -76,6 +83,13 @@ def train(
     rsna_csv: RsnaOption = None,
     images: ImagesOption = None,
     coco: CocoOption = None,
+    siim: SiimOption = None,
+    val_fraction: Annotated[
+        float,
+        typer.Option(
+            "--val-fraction", min=0.0, max=0.9, help="share of SIIM studies held out for validation (by --seed)"
+        ),
+    ] = 0.2,
     iterations: Annotated[
         int | None, typer.Option("--iterations", min=1, help="override SOLVER.MAX_ITER")
     ] = None,
@@ -102,7 +116,11 @@ def train(
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Train a detector with Detectron2's trainer; resumable, with periodic evaluation on phantoms."""
+    """Train a detector with Detectron2's trainer; resumable, evaluated on held-out SIIM studies or phantoms.
+
+    Without model.score_threshold in the config, the threshold is chosen on the validation set (best
+    box F1 at IoU 0.5) and carried in the checkpoint, which the node then uses.
+    """
     from models.train import TrainOptions
     from models.train import train as run_train
 
@@ -121,6 +139,8 @@ def train(
         rsna_csv=rsna_csv,
         images=images,
         coco_json=coco,
+        siim=siim,
+        val_fraction=val_fraction,
         val_phantoms=val_phantoms,
         max_iter=iterations,
         eval_period=eval_period,
@@ -136,7 +156,10 @@ def train(
         options.source()
     except ValueError as exc:
         raise fail(str(exc), 2) from None
-    summary = run_train(options, log=lambda line: err.print(line, markup=False, highlight=False))
+    try:
+        summary = run_train(options, log=lambda line: err.print(line, markup=False, highlight=False))
+    except (FileNotFoundError, ValueError) as exc:  # unreadable data, a bad split, a foreign --resume
+        raise fail(str(exc), 1) from None
     if as_json:
         print_json(summary)
     else:
@@ -146,6 +169,16 @@ def train(
         )
 
 
+def _model_split(det: Any) -> tuple[float, int]:
+    """The SIIM validation split a model was trained with, from its checkpoint metadata."""
+    import re
+
+    match = re.search(r"val_fraction=([0-9.]+), seed=(-?\d+)", det.metadata.extra.get("split", ""))
+    if match is None:
+        raise fail("--split val: this model's checkpoint records no SIIM split (trained on other data)", 2)
+    return float(match.group(1)), int(match.group(2))
+
+
 @app.command("eval")
 def evaluate(
     weights: WeightsOption = None,
@@ -153,27 +186,47 @@ def evaluate(
     phantoms: PhantomsOption = None,
     seed: SeedOption = 9001,
     size: Annotated[int, typer.Option("--size", help="phantom size in pixels")] = 1024,
+    siim: SiimOption = None,
+    split: Annotated[
+        str,
+        typer.Option(
+            "--split",
+            help="with --siim: all images, or only the validation studies of the model's own split (val)",
+        ),
+    ] = "all",
     rsna_csv: RsnaOption = None,
     images: ImagesOption = None,
     coco: CocoOption = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """COCO AP, AP50, AP75, AP at IoU 0.2/0.4/0.5/0.7 and FROC sensitivities of a model on labelled data."""
+    """COCO AP, AP50, AP75, AP at IoU 0.2/0.4/0.5/0.7, FROC sensitivities and image-level AUROC on labelled data."""
     from models import datasets
     from models.evaluate import evaluate_detector
+    from models.siim import siim_samples
 
-    given = [x for x in (phantoms, rsna_csv, coco) if x is not None]
+    given = [x for x in (phantoms, siim, rsna_csv, coco) if x is not None]
     if len(given) != 1:
-        raise fail("give exactly one of --phantoms N, --rsna-csv CSV --images DIR, --coco JSON", 2)
+        raise fail("give exactly one of --phantoms N, --siim DIR, --rsna-csv CSV --images DIR, --coco JSON", 2)
     if rsna_csv is not None and images is None:
         raise fail("--rsna-csv needs --images DIR", 2)
+    if split not in ("all", "val"):
+        raise fail(f"--split {split}: expected all or val", 2)
+    if split == "val" and siim is None:
+        raise fail("--split val needs --siim DIR", 2)
     cfg = get_config(config)
     det = _load_detector(cfg, weights, model_config)
     try:
         if phantoms is not None:
             samples = datasets.phantom_samples(phantoms, seed, det.input_size, size=size)
             source = f"phantoms n={phantoms} seed={seed} size={size}"
+        elif siim is not None:
+            samples = siim_samples(siim, det.input_size)
+            source = f"siim {siim}"
+            if split == "val":
+                fraction, split_seed = _model_split(det)
+                samples = datasets.split_by_group(samples, fraction, split_seed)[1]
+                source += f" validation studies (val_fraction={fraction}, seed={split_seed})"
         elif rsna_csv is not None:
             assert images is not None
             samples = datasets.rsna_samples(rsna_csv, images, det.input_size)
@@ -184,12 +237,14 @@ def evaluate(
             source = f"coco {coco}"
     except (FileNotFoundError, ValueError) as exc:
         raise fail(str(exc), 1) from None
-    result = evaluate_detector(det, samples)
+    with progress_bar("evaluating", len(samples)) as advance:
+        result = evaluate_detector(det, samples, progress=advance)
     info = det.info
     if as_json:
         print_json(
             {
                 **result,
+                "score_threshold": info.score_threshold,
                 "model": info.name,
                 "version": info.version,
                 "device_uid": info.device_uid,

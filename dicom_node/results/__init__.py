@@ -36,12 +36,14 @@ def build_all(
     node: NodeIdentity,
     kinds: Iterable[ResultKind] = RESULT_KINDS,
     ohif: bool = False,
+    opacity_probability: float | None = None,
 ) -> dict[str, Dataset]:
     """Build the requested result kinds for one analysed radiograph.
 
     Returns ``{"sr": Comprehensive3DSR, "gsps": GrayscaleSoftcopyPresentationState,
     "sc": SCImage}`` (only the kinds asked for), each with a fresh SOP Instance UID and the
-    node's stable series for that kind in the source's study. ``ohif`` applies to the SR only.
+    node's stable series for that kind in the source's study. ``ohif`` and the image-level
+    ``opacity_probability`` apply to the SR only.
     """
     wanted = list(dict.fromkeys(kinds))
     unknown = [k for k in wanted if k not in RESULT_KINDS]
@@ -50,7 +52,9 @@ def build_all(
     results: dict[str, Dataset] = {}
     for kind in wanted:
         if kind == "sr":
-            results[kind] = build_sr(source, detections, model, node, ohif=ohif)
+            results[kind] = build_sr(
+                source, detections, model, node, ohif=ohif, opacity_probability=opacity_probability
+            )
         elif kind == "gsps":
             results[kind] = build_gsps(source, detections, model, node)
         else:

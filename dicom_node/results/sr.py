@@ -3,9 +3,11 @@
 PS3.16 TID 1500 (Measurement Report) with one TID 1410 Planar ROI group per finding: the box as a
 closed POLYLINE in the source's pixel coordinates, tracking identifier and UID, finding "Abnormal
 opacity", finding site lung with laterality, the score as a TID 1419 measurement, and TID 4019
-algorithm identification. An image without finding gets one TID 1501 group that says "Abnormal
-opacity: Absent". The observer is the node as a device (TID 1004); the algorithm is also recorded
-in Contributing Equipment as IHE AI Results (AIR) asks.
+algorithm identification. One TID 1501 group on the whole image gives the image-level answer:
+"Abnormal opacity: Present" or "Absent" (at the model's threshold) with the model's probability that
+an opacity is present as a Certainty of Finding, so a worklist can sort by it; an image without
+finding always gets this explicit negative. The observer is the node as a device (TID 1004); the
+algorithm is also recorded in Contributing Equipment as IHE AI Results (AIR) asks.
 """
 
 from __future__ import annotations
@@ -172,22 +174,30 @@ def _finding_group(
     )
 
 
-def _no_finding_group(
+def _image_group(
     header: Dataset,
     algorithm: hd.sr.AlgorithmIdentification,
     model: ModelInfo,
     ohif: bool,
+    present: bool,
+    probability: float | None,
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """An explicit negative: a TID 1501 group on the whole image, "Abnormal opacity: Absent"."""
+    """The image-level answer as a TID 1501 group on the whole image: "Abnormal opacity: Present"
+    or "Absent", with the image's opacity probability (TID 1419 Certainty of Finding) when known."""
     label = model.classes[0] if model.classes else "opacity"
+    identifier = f"{label} (image)" if present else tracking_identifier(model, label, None, ohif=ohif)
+    if ohif and present:
+        identifier = f"{model.name}@{model.version}:{label}:image"
+    measurements = []
+    if probability is not None:
+        measurements.append(hd.sr.Measurement(name=CERTAINTY_OF_FINDING, value=float(probability), unit=PROBABILITY))
     return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=fresh_uid(), identifier=tracking_identifier(model, label, None, ohif=ohif)
-        ),
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=fresh_uid(), identifier=identifier),
         finding_type=OPACITY,
         algorithm_id=algorithm,
         finding_sites=[hd.sr.FindingSite(anatomic_location=LUNG)],
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=OPACITY, value=ABSENT)],
+        measurements=measurements or None,
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=OPACITY, value=PRESENT if present else ABSENT)],
         source_images=[
             hd.sr.SourceImageForMeasurementGroup(
                 referenced_sop_class_uid=header.SOPClassUID,
@@ -207,14 +217,18 @@ def build_sr(
     series_number: int = DEFAULT_SERIES_NUMBERS["sr"],
     instance_number: int = 1,
     ohif: bool = False,
+    opacity_probability: float | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """Comprehensive 3D SR (PS3.3 A.35.13) holding a PS3.16 TID 1500 Measurement Report of the
     detections on ``source``, in the source's study and the node's SR series for it.
 
     ``ohif=True`` writes tracking identifiers in the form OHIF's SR viewport lists by algorithm
     (see :func:`tracking_identifier`); the structure OHIF needs (Image Library, a tracking UID in
-    every group) is always written.
+    every group) is always written. ``opacity_probability`` (0..1) is the model's image-level
+    answer; with it the image-level group is written whether or not there are findings.
     """
+    if opacity_probability is not None and not 0.0 <= float(opacity_probability) <= 1.0:
+        raise ValueError(f"opacity_probability must lie in [0, 1], got {opacity_probability}")
     check_inputs(source, detections, model, node)
     check_series_number(series_number)
     header = source_header(source)
@@ -232,8 +246,8 @@ def build_sr(
         _finding_group(number, det, header, algorithm, model, ohif)
         for number, det in enumerate(detections, start=1)
     ]
-    if not groups:
-        groups.append(_no_finding_group(header, algorithm, model, ohif))
+    if not groups or opacity_probability is not None:
+        groups.append(_image_group(header, algorithm, model, ohif, bool(groups), opacity_probability))
 
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(node),

@@ -9,6 +9,7 @@ import pydicom
 import pytest
 import torch
 from detectron2.modeling.roi_heads import CascadeROIHeads, StandardROIHeads
+from siim_support import make_siim
 
 from models import phantoms
 from models.detector import Detector
@@ -21,6 +22,8 @@ from models.train import TrainOptions, train
     [
         ("cascade_rcnn_R18n_FPN_compact", CascadeROIHeads, 18),
         ("faster_rcnn_R18n_FPN_compact", StandardROIHeads, 18),
+        ("cascade_rcnn_R18n_FPN_cxr256", CascadeROIHeads, 18),
+        ("faster_rcnn_R18n_FPN_cxr256", StandardROIHeads, 18),
         ("cascade_rcnn_R_101_FPN", CascadeROIHeads, 101),
     ],
 )
@@ -113,3 +116,34 @@ def test_training_writes_metadata_and_resumes_the_same_run(tmp_path):
     result = det.predict([_phantom_ds()])
     assert len(result) == 1 and all(d.score >= 0.4 for d in result[0])
     assert np.isfinite([d.box for d in result[0]]).all() if result[0] else True
+
+
+def test_siim_training_chooses_its_threshold_and_the_checkpoint_carries_it(tmp_path):
+    images = []
+    for k in range(12):
+        box = [(300.0 + 40 * k, 400.0, 600.0, 900.0)] if k % 3 else []
+        images.append((f"im{k:02d}", f"st{k // 2:02d}", 2400, 2000, box))
+    root = make_siim(tmp_path / "siim", images)
+    summary = train(
+        TrainOptions(output_dir=tmp_path / "run", siim=root, val_fraction=0.34, seed=2, max_iter=3, threads=2,
+                     device="cpu", config="cascade_rcnn_R18n_FPN_cxr256",
+                     opts=["SOLVER.IMS_PER_BATCH", "2", "SOLVER.CHECKPOINT_PERIOD", "100", "TEST.EVAL_PERIOD", "0"]),
+        log=lambda s: None,
+    )
+    meta = summary["metadata"]
+    assert meta["input_size"] == 256 and meta["trained_on"] == "siim dir=siim val_fraction=0.34 seed=2"
+    assert meta["extra"]["split"] == "by study, val_fraction=0.34, seed=2"
+    rule = meta["extra"]["threshold_rule"]
+    assert rule.startswith("best box F1 at IoU 0.5 on the validation set")
+    # The node's default (model.score_threshold null) is the checkpoint's own threshold; a config value wins.
+    final = tmp_path / "run" / "model_final.pth"
+    assert Detector.load(final, device="cpu").score_threshold == meta["score_threshold"]
+    assert Detector.load(final, device="cpu", score_threshold=0.77).info.score_threshold == 0.77
+    # Fixed by the caller: no choosing, the value is kept.
+    fixed = train(
+        TrainOptions(output_dir=tmp_path / "fixed", siim=root, val_fraction=0.34, seed=2, max_iter=1, threads=2,
+                     device="cpu", config="cascade_rcnn_R18n_FPN_cxr256", score_threshold=0.35,
+                     opts=["SOLVER.IMS_PER_BATCH", "2", "TEST.EVAL_PERIOD", "0"]),
+        log=lambda s: None,
+    )
+    assert fixed["metadata"]["score_threshold"] == 0.35 and "threshold_rule" not in fixed["metadata"]["extra"]
