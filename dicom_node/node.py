@@ -6,9 +6,11 @@ listener closes, in-flight C-STOREs finish, running jobs finish or are released 
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +20,7 @@ from pydicom.uid import generate_uid
 from dicom_node import __version__
 from dicom_node.config import Config
 from dicom_node.ingest import Ingest
-from dicom_node.pipeline import build_steps
+from dicom_node.pipeline import DetectStep, build_steps
 from dicom_node.results import NodeIdentity
 from dicom_node.scp import Receiver
 from dicom_node.scu import Delivery, echo_destinations
@@ -58,6 +60,7 @@ class Node:
         self.twin = TwinStore(self.store.db)
         if steps is None:
             steps = build_steps(cfg, self.store, self.outbox, self.identity, self.twin)
+        self.detect = next((s for s in steps if isinstance(s, DetectStep)), None)
         self.analysis = WorkerPool(
             self.store, "analyse", ["analyse"], Analysis(self.store, list(steps)),
             threads=cfg.worker.threads, batch_size=cfg.worker.batch_size, lease_s=cfg.worker.lease_s,
@@ -90,6 +93,11 @@ class Node:
         self._stopped = threading.Event()
 
     def start(self) -> None:
+        if self.detect is not None and self.cfg.worker.threads > 0:
+            # The model loads and warms beside the receiver: it listens at once, the first study waits less.
+            threading.Thread(target=self.detect.warm, name="model-warm", daemon=True).start()
+        else:
+            self.store.set_meta("model_state", json.dumps({"state": "not used", "since": time.time()}))
         self.analysis.start()
         self.delivery.start()
         try:  # each listener's OSError names its own address
@@ -116,6 +124,7 @@ class Node:
         if self.admin is not None:
             self.admin.stop()
         log.info("node stopped", extra={"associations_aborted": aborted, "jobs_released": released})
+        self.store.set_meta("model_state", json.dumps({"state": "stopped", "since": time.time()}))
         self.store.close()
 
     def serve(self) -> None:

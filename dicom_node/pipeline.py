@@ -8,6 +8,7 @@ jobs are unique per (result, destination), so a step redone after a crash change
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -94,6 +95,31 @@ class DetectStep:
     @property
     def info(self) -> ModelInfo:
         return self.detector.info  # type: ignore[no-any-return]
+
+    def warm(self) -> None:
+        """Load the model and run it once on a blank image, so the first study does not pay for either.
+
+        Called in a background thread at start (the receiver listens meanwhile); the state goes to the
+        store's ``model_state`` for ``dicom-node status`` and ``/healthz``: loading, ready or failed.
+        """
+        import numpy as np
+
+        from models.preprocess import letterbox
+
+        started = time.time()
+        self.store.set_meta("model_state", json.dumps({"state": "loading", "since": started}))
+        try:
+            detector = self.detector
+            detector.predict_prepared([letterbox(np.zeros((64, 64), np.float32), detector.input_size)])
+        except Exception as exc:  # a broken weights file: said in status; each job then fails with it
+            state = {"state": "failed", "since": time.time(), "error": f"{type(exc).__name__}: {exc}"[:300]}
+            log.error("model failed to load", extra={"error": state["error"]})
+        else:
+            info = detector.info
+            state = {"state": "ready", "since": time.time(), "seconds": round(time.time() - started, 2),
+                     "name": info.name, "version": info.version, "score_threshold": info.score_threshold}
+            log.info("model warm", extra={"seconds": state["seconds"]})
+        self.store.set_meta("model_state", json.dumps(state))
 
     def __call__(self, batch: Sequence[Item]) -> dict[int, Outcome]:
         detector = self.detector

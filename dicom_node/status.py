@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from dicom_node.config import Config
@@ -17,10 +18,12 @@ def node_status(cfg: Config, store: Store | None = None) -> dict[str, Any]:
     st = store or Store(cfg.db_path)
     try:
         data = st.status()
+        model_state = st.meta("model_state")
         peers = {r["name"]: dict(r) for r in st.conn().execute("SELECT * FROM peer_status")}
     finally:
         if own:
             st.close()
+    data["model"] = json.loads(model_state) if model_state else {"state": "unknown"}
     data["node"] = {"ae_title": cfg.node.ae_title, "port": cfg.node.port, "storage": str(cfg.storage.dir)}
     data["destinations"] = [
         {

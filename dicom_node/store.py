@@ -270,6 +270,11 @@ class Store:
         row = self.conn().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row["value"] if row else default
 
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)"
+                         " ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
     def set_meta_once(self, key: str, value: str) -> str:
         """Store ``value`` under ``key`` unless one is there already; return what is stored."""
         with self.transaction() as conn:

@@ -177,7 +177,7 @@ def _iou_one(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area + areas - inter, 1e-9)
 
 
-def evaluate_detections(samples: Sequence[Sample], detections: Sequence[Sequence[Detection]]) -> dict[str, float | int]:
+def evaluate_detections(samples: Sequence[Sample], detections: Sequence[Sequence[Detection]]) -> dict[str, float | int | None]:
     """Every metric for detections (source pixels) against the samples' ground truth."""
     gt = _coco_gt(samples)
     dets = []
@@ -195,7 +195,7 @@ def evaluate_detections(samples: Sequence[Sample], detections: Sequence[Sequence
     coco = _ap_at(gt, dets, None)  # COCO's 0.50:0.05:0.95
     table = _ap_at(gt, dets, TABLE1_IOUS)
     sens = froc(samples, detections)
-    result: dict[str, float | int] = {
+    result: dict[str, float | int | None] = {
         "AP": round(float(coco.mean()), 4),
         "AP50": round(float(coco[0]), 4),
         "AP75": round(float(coco[5]), 4),
@@ -216,7 +216,7 @@ def evaluate_detector(
     samples: Sequence[Sample],
     batch_size: int = 4,
     progress: Callable[[int], None] | None = None,
-) -> dict[str, float | int]:
+) -> dict[str, float | int | None]:
     """Run ``detector`` (a :class:`models.detector.Detector`) on the samples with every score kept."""
     return evaluate_detections(samples, detect_all(detector, samples, batch_size, progress))
 

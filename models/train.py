@@ -379,8 +379,12 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print) -> dict[str, A
         model.train()
         res_it = {"iteration": trainer.iter + 1, **res}
         evaluations.append(res_it)
-        log(f"eval @ {trainer.iter + 1}: AP50 {res['AP50']:.3f} AP {res['AP']:.3f} AP@0.7 {res['AP@0.7']:.3f}")
-        return {f"val/{k}": float(v) for k, v in res.items()}
+        auc = res.get("image_auroc")
+        log(
+            f"eval @ {trainer.iter + 1}: AP50 {res['AP50']:.3f} AP {res['AP']:.3f} AP@0.4 {res['AP@0.4']:.3f} "
+            f"AP@0.7 {res['AP@0.7']:.3f} image AUROC {'n/a' if auc is None else f'{auc:.3f}'}"
+        )
+        return {f"val/{k}": float(v) for k, v in res.items() if v is not None}
 
     max_iter = int(cfg.SOLVER.MAX_ITER)
     trainer.register_hooks(

@@ -6,7 +6,10 @@ it, and DCMTK storescu sending the nine RSNA radiographs, in two modes:
 
 - ``single``: one radiograph at a time, the next sent when the previous one's results are in Orthanc
   (the latency a radiologist sees when studies trickle in);
-- ``burst``: all nine in one association (queueing included).
+- ``burst``: all nine in one association (queueing included);
+- ``cold``: all nine in one association the moment a freshly started node listens, with no warm-up
+  radiograph first: what the first studies after a (re)start see while the model loads and warms in
+  the background (target, issue 11: p95 under 5 s).
 
 Per radiograph, the time runs from the node's receipt of the instance to the last of its three
 results acknowledged by Orthanc (both clocks are this machine's). Prints median and p95 per mode, and
@@ -64,21 +67,28 @@ def p95(xs: list[float]) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--modes", default="single,burst,cold", help="comma-separated: single, burst, cold")
     args = ap.parse_args()
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not modes or set(modes) - {"single", "burst", "cold"}:
+        print(f"error: --modes {args.modes}: expected single, burst and/or cold", file=sys.stderr)
+        return 2
     if not (tool("storescu") and tool("Orthanc")):
         print("error: DCMTK and Orthanc are needed: make setup installs them", file=sys.stderr)
         return 2
     files = rsna_files()
     result: dict[str, object] = {"machine": "x86_64 Linux, 2 CPUs", "radiographs": len(files)}
     with tempfile.TemporaryDirectory(prefix="bench-results-") as tmp:
-        for mode in ("single", "burst"):
+        for mode in modes:
             pacs = OrthancProcess(Path(tmp) / f"orthanc-{mode}").start()
             node = NodeProcess(Path(tmp) / f"node-{mode}", overrides={"destinations": [pacs.destination()]}).start()
             try:
-                # Warm-up: the first radiograph loads the model; it is reported apart, not counted.
-                warm, measured = files[0], files[1:]
-                storescu(node.port, [warm])
-                wait_delivered(node, 3)
+                if mode == "cold":  # sent the moment the node listens: the model warms meanwhile
+                    warm, measured = None, files
+                else:  # the first radiograph after a start is reported apart, not counted
+                    warm, measured = files[0], files[1:]
+                    storescu(node.port, [warm])
+                    wait_delivered(node, 3)
                 t0 = time.monotonic()
                 if mode == "single":
                     for i, f in enumerate(measured):
@@ -89,10 +99,12 @@ def main() -> int:
                     wait_delivered(node, 3 * len(files))
                 wall = time.monotonic() - t0
                 lat = latencies(node, measured)
-                result[mode] = {"radiographs": len(measured), "median_s": round(statistics.median(lat), 2),
-                                "p95_s": round(p95(lat), 2), "max_s": round(max(lat), 2),
-                                "wall_s": round(wall, 1),
-                                "warm_up_with_model_load_s": round(latencies(node, [warm])[0], 2)}
+                figures: dict[str, float] = {"radiographs": len(measured), "median_s": round(statistics.median(lat), 2),
+                                             "p95_s": round(p95(lat), 2), "max_s": round(max(lat), 2),
+                                             "wall_s": round(wall, 1)}
+                if warm is not None:
+                    figures["first_after_start_s"] = round(latencies(node, [warm])[0], 2)
+                result[mode] = figures
             finally:
                 node.stop()
                 pacs.stop()
@@ -108,14 +120,14 @@ def main() -> int:
                 raise RuntimeError(f"Orthanc did not store the radiographs sent to it directly: {sent.stderr[-300:]}")
         finally:
             pacs.stop()
-        burst = result["burst"]
-        assert isinstance(burst, dict)
         result["orthanc_direct_store_s"] = round(direct, 2)
-        result["burst_wall_over_direct_store"] = round(burst["wall_s"] / direct, 1)
-        if not args.json:
-            print(f"direct: {len(files) - 1} radiographs stored straight into Orthanc in {direct:.2f} s; "
-                  f"node's burst send-to-all-results / that = {result['burst_wall_over_direct_store']}x",
-                  file=sys.stderr)
+        burst = result.get("burst")
+        if isinstance(burst, dict):
+            result["burst_wall_over_direct_store"] = round(burst["wall_s"] / direct, 1)
+            if not args.json:
+                print(f"direct: {len(files) - 1} radiographs stored straight into Orthanc in {direct:.2f} s; "
+                      f"node's burst send-to-all-results / that = {result['burst_wall_over_direct_store']}x",
+                      file=sys.stderr)
     if args.json:
         print(json.dumps(result, indent=2))
     return 0

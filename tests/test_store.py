@@ -98,3 +98,28 @@ def test_connections_of_ended_threads_are_closed(tmp_path: Path) -> None:
     assert me.num_fds() <= before + 4, f"descriptors {before} -> {me.num_fds()}"
     store.close()
 
+
+
+def test_a_version_1_database_gains_the_image_level_probability_in_place(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "node.db"
+    old = sqlite3.connect(path)  # the analyses table as version 1 wrote it, with one analysis
+    old.executescript(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        "INSERT INTO meta VALUES ('schema_version', '1');"
+        "CREATE TABLE analyses (sop_instance_uid TEXT PRIMARY KEY, outcome TEXT NOT NULL, reason TEXT,"
+        " model_name TEXT, model_version TEXT, n_findings INTEGER NOT NULL DEFAULT 0, preprocess_ms REAL,"
+        " inference_ms REAL, total_ms REAL, analysed_at REAL NOT NULL);"
+        "INSERT INTO analyses (sop_instance_uid, outcome, analysed_at) VALUES ('1.2.3', 'analysed', 0);"
+    )
+    old.commit()
+    old.close()
+    store = Store(path)
+    conn = store.conn()
+    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "2"
+    assert conn.execute("SELECT opacity_probability FROM analyses WHERE sop_instance_uid='1.2.3'").fetchone()[0] is None
+    store.record_analysis("1.2.4", "analysed", opacity_probability=0.83)
+    assert conn.execute("SELECT opacity_probability FROM analyses WHERE sop_instance_uid='1.2.4'").fetchone()[0] == 0.83
+    store.close()
+    Store(path).close()  # opening again changes nothing

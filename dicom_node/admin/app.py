@@ -7,6 +7,7 @@ FastAPI runs them on its worker threads, each with its own SQLite connection fro
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -68,9 +69,11 @@ def create_app(node: AdminNode) -> FastAPI:
 
     # --- API -------------------------------------------------------------------------------------
 
-    @app.get("/healthz", tags=["api"], summary="Liveness: the admin server answers")
+    @app.get("/healthz", tags=["api"], summary="Liveness: the admin server answers; whether the model is warm")
     def healthz() -> dict[str, Any]:
-        return {"ok": True, "ae_title": node.cfg.node.ae_title}
+        state = json.loads(node.store.meta("model_state") or '{"state": "unknown"}')
+        return {"ok": True, "ae_title": node.cfg.node.ae_title, "model": state.get("state"),
+                "model_ready": state.get("state") == "ready"}
 
     @app.get("/api/status", tags=["api"], summary="What `dicom-node status --json` prints")
     def api_status() -> dict[str, Any]:

@@ -150,6 +150,9 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
         return
     console.print(f"[bold]{cfg.node.ae_title}[/] on port {cfg.node.port} · storage {cfg.storage.dir}")
     console.print(f"instances stored: [bold]{data['instances']}[/] ({data['bytes'] / 2**20:.1f} MiB)")
+    model = data["model"]
+    console.print(f"model: {model['state']}" + (f" ({model['name']} {model['version']})" if "name" in model else "")
+                  + (f" — {model['error']}" if "error" in model else ""), highlight=False, markup=False)
     table = Table("jobs", *data["jobs"].keys())
     for kind, counts in sorted(data["jobs_by_kind"].items()):
         table.add_row(kind, *(str(counts[s]) for s in data["jobs"]))

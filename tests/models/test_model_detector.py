@@ -1,4 +1,5 @@
-"""The shipped detector on DICOM radiographs: it finds phantom opacities, in source pixels."""
+"""The detector on DICOM radiographs: a phantom-trained model finds phantom opacities, in source pixels;
+the shipped model identifies itself and carries its own threshold."""
 
 from __future__ import annotations
 
@@ -14,7 +15,12 @@ from models.modeling import SHIPPED_WEIGHTS
 
 
 @pytest.fixture(scope="module")
-def detector() -> Detector:
+def detector(phantom_weights) -> Detector:
+    return Detector.load(phantom_weights, device="cpu", threads=2)
+
+
+@pytest.fixture(scope="module")
+def shipped() -> Detector:
     assert SHIPPED_WEIGHTS.is_file(), f"shipped weights missing: {SHIPPED_WEIGHTS}"
     return Detector.load(device="cpu", threads=2)
 
@@ -33,14 +39,17 @@ def _received(ds: pydicom.Dataset) -> pydicom.Dataset:
     return pydicom.dcmread(buf)
 
 
-def test_shipped_model_identifies_itself(detector):
-    info = detector.info
+def test_shipped_model_identifies_itself_and_carries_its_threshold(shipped):
+    info = shipped.info
     assert isinstance(info, ModelInfo)
-    assert info.classes == ("opacity",) and info.input_size == detector.input_size
+    assert info.classes == ("opacity",) and info.input_size == shipped.input_size == 256
     assert info.device_uid.startswith("2.25.") or info.device_uid[0].isdigit()
-    assert info.score_threshold == 0.4 and info.version
-    assert len(info.extra["data_fingerprint"]) == 64
-    assert detector.device == "cpu"
+    assert info.version and len(info.extra["data_fingerprint"]) == 64
+    assert info.extra["config"] == "cascade_rcnn_R18n_FPN_cxr256" and info.extra["split"].startswith("by study")
+    # Chosen on its validation studies and carried in the checkpoint; the node uses it unless told otherwise.
+    assert info.extra["threshold_rule"].startswith("best box F1 at IoU 0.5 on the validation set")
+    assert 0.0 < info.score_threshold < 1.0 and info.score_threshold == shipped.metadata.score_threshold
+    assert shipped.device == "cpu"
 
 
 def test_predict_finds_each_opacity_in_source_pixels(detector):

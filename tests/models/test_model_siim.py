@@ -4,14 +4,12 @@ one clear error per bad folder; and the real folder of shared/ as the challenge 
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 from siim_support import HEADER, boxes_text, make_siim
 
-from dicom_node.testing import SIIM_DIR, require
 from models import datasets, phantoms
 from models.preprocess import prepare
 from models.siim import SiimError, siim_samples
@@ -111,12 +109,6 @@ def test_split_keeps_every_study_on_one_side_and_is_seeded(tmp_path):
     assert {s.group for s in other} != {s.group for s in val}
     with pytest.raises(ValueError, match="--val-fraction 1.0"):
         datasets.split_by_group(samples, 1.0, seed=4)
-
-
-@pytest.fixture(scope="module")
-def siim_dir() -> Path:
-    require((SIIM_DIR / "train_image_level.csv").is_file(), f"the SIIM radiographs in {SIIM_DIR}")
-    return SIIM_DIR
 
 
 def test_the_real_folder_reads_whole(siim_dir):

@@ -179,6 +179,8 @@ NODE = NodeIdentity(ae_title="DICOM_NODE", device_uid="1.2.826.0.1.3680043.8.498
 
 @functools.cache
 def built(name: str) -> tuple[Dataset, list[Detection], dict[str, Dataset]]:
-    """Source, detections and all three results for it, built once per test session."""
+    """Source, detections and all three results for it (with the image-level probability the detector
+    gives: its best box, or a low score below the threshold for a negative), built once per session."""
     source, detections = load(name)
-    return source, detections, build_all(source, detections, MODEL, NODE)
+    probability = max((d.score for d in detections), default=0.12)
+    return source, detections, build_all(source, detections, MODEL, NODE, opacity_probability=probability)

@@ -81,6 +81,26 @@ def test_negative_image_says_so_explicitly() -> None:
     assert group.source_images[0].referenced_sop_instance_uid == source.SOPInstanceUID
 
 
+@source_names
+def test_image_level_probability_sits_beside_the_findings(name: str) -> None:
+    source, detections, results = built(name)
+    sr = reread(results["sr"])
+    [group] = sr.content.get_image_measurement_groups()  # one per image, whatever the findings
+    [evaluation] = group.get_qualitative_evaluations()
+    assert evaluation.value == (codes.SCT.Present if detections else codes.SCT.Absent)
+    [probability] = group.get_measurements()
+    assert probability.name == codes.DCM.CertaintyOfFinding and probability.unit.value == "{probability}"
+    assert probability.value == pytest.approx(max((d.score for d in detections), default=0.12))
+    assert group.source_images[0].referenced_sop_instance_uid == source.SOPInstanceUID
+    assert group.tracking_identifier == ("opacity (image)" if detections else "no opacity")
+
+
+def test_image_level_probability_outside_zero_to_one_is_refused() -> None:
+    source, _ = load("dx-lateral-novoi")
+    with pytest.raises(ValueError, match=r"opacity_probability must lie in \[0, 1\], got 1.5"):
+        build_sr(source, [], MODEL, NODE, opacity_probability=1.5)
+
+
 def _site(sr: hd.sr.Comprehensive3DSR) -> list:
     return [g.finding_sites[0].laterality for g in sr.content.get_planar_roi_measurement_groups()]
 
