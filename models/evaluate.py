@@ -177,7 +177,9 @@ def _iou_one(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area + areas - inter, 1e-9)
 
 
-def evaluate_detections(samples: Sequence[Sample], detections: Sequence[Sequence[Detection]]) -> dict[str, float | int | None]:
+def evaluate_detections(
+    samples: Sequence[Sample], detections: Sequence[Sequence[Detection]]
+) -> dict[str, float | int | None]:
     """Every metric for detections (source pixels) against the samples' ground truth."""
     gt = _coco_gt(samples)
     dets = []

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ast
 import csv
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,23 +69,29 @@ def _parse_boxes(text: str, where: str) -> np.ndarray:
     return b
 
 
+def _csv_rows(path: Path, columns: set[str]) -> Iterator[tuple[str, dict[str, str]]]:
+    """(``file:line``, row) of a CSV file that must hold ``columns``; a missing one is one clear error."""
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = columns - set(reader.fieldnames or [])
+        if missing:
+            raise SiimError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+        for line, row in enumerate(reader, start=2):
+            yield f"{path}:{line}", row
+
+
 def read_labels(root: Path) -> list[SiimImage]:
     """``train_image_level.csv`` of ``root``: one :class:`SiimImage` per row, in file order."""
     path = Path(root) / IMAGE_LEVEL_CSV
     if not path.is_file():
         raise SiimError(f"{root}: no {IMAGE_LEVEL_CSV} (not a SIIM-FISABIO-RSNA folder)")
     out = []
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = {"id", "boxes", "StudyInstanceUID"} - set(reader.fieldnames or [])
-        if missing:
-            raise SiimError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
-        for line, row in enumerate(reader, start=2):
-            image_id = row["id"].strip().removesuffix("_image")
-            study = row["StudyInstanceUID"].strip()
-            if not image_id or not study:
-                raise SiimError(f"{path}:{line}: empty id or StudyInstanceUID")
-            out.append(SiimImage(image_id, study, _parse_boxes(row["boxes"], f"{path}:{line}")))
+    for where, row in _csv_rows(path, {"id", "boxes", "StudyInstanceUID"}):
+        image_id = row["id"].strip().removesuffix("_image")
+        study = row["StudyInstanceUID"].strip()
+        if not image_id or not study:
+            raise SiimError(f"{where}: empty id or StudyInstanceUID")
+        out.append(SiimImage(image_id, study, _parse_boxes(row["boxes"], where)))
     return out
 
 
@@ -95,19 +101,14 @@ def _read_sizes(root: Path) -> dict[str, tuple[int, int]]:
     if not path.is_file():
         return {}
     sizes = {}
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = {"image_id", "width", "height"} - set(reader.fieldnames or [])
-        if missing:
-            raise SiimError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
-        for line, row in enumerate(reader, start=2):
-            try:
-                w, h = int(row["width"]), int(row["height"])
-            except ValueError:
-                raise SiimError(f"{path}:{line}: width and height must be whole numbers") from None
-            if w < 1 or h < 1:
-                raise SiimError(f"{path}:{line}: width and height must be positive")
-            sizes[row["image_id"].strip()] = (w, h)
+    for where, row in _csv_rows(path, {"image_id", "width", "height"}):
+        try:
+            w, h = int(row["width"]), int(row["height"])
+        except ValueError:
+            raise SiimError(f"{where}: width and height must be whole numbers") from None
+        if w < 1 or h < 1:
+            raise SiimError(f"{where}: width and height must be positive")
+        sizes[row["image_id"].strip()] = (w, h)
     return sizes
 
 
