@@ -139,7 +139,7 @@ class Destination(_Section):
 
 class WorkerConfig(_Section):
     threads: int = Field(1, ge=0, le=64)  # 0: this process only receives; another one analyses
-    lease_s: float = Field(300.0, gt=0)
+    lease_s: float = Field(15.0, gt=0)  # heartbeat timeout: the holder renews every lease_s / 3
     max_attempts: int = Field(3, ge=1)
     batch_size: int = Field(4, ge=1, le=256)
 
@@ -148,7 +148,7 @@ class DeliveryConfig(_Section):
     max_attempts: int = Field(8, ge=1)
     backoff_s: float = Field(2.0, gt=0)
     backoff_max_s: float = Field(600.0, gt=0)
-    lease_s: float = Field(120.0, gt=0)  # a delivery held longer than this by a dead worker is taken again
+    lease_s: float = Field(15.0, gt=0)  # heartbeat timeout of a delivery lease (renewed every lease_s / 3)
     return_to_sender: dict[str, str] = Field(default_factory=dict)
 
 

@@ -26,6 +26,7 @@ from dicom_node.scp import Receiver
 from dicom_node.scu import Delivery, echo_destinations
 from dicom_node.spool import Spool
 from dicom_node.store import Store
+from dicom_node.storelock import StorageLock
 from dicom_node.worker import Analysis, StepFn, WorkerPool
 from models import SHIPPED_WEIGHTS
 from twin import jobs as twin_jobs
@@ -48,7 +49,12 @@ class Node:
         if cfg.worker.threads > 0 and not weights.is_file():  # a receive-only node needs no model
             raise ValueError(f"model.weights: no such file {weights}")
         cfg.storage.dir.mkdir(parents=True, exist_ok=True)
+        self.lock = StorageLock(cfg.storage.dir / "node.lock")  # one node per storage folder
         self.store = Store(cfg.db_path)
+        # We own the database alone, so what is still running was cut by our predecessor's death.
+        orphans = self.store.take_back_orphans(["analyse", "deliver"])
+        if orphans:
+            log.info("jobs of a stopped or killed predecessor taken back", extra={"jobs": orphans})
         self.spool = Spool(cfg.spool_dir)
         swept = self.spool.sweep()
         if swept:
@@ -126,6 +132,7 @@ class Node:
         log.info("node stopped", extra={"associations_aborted": aborted, "jobs_released": released})
         self.store.set_meta("model_state", json.dumps({"state": "stopped", "since": time.time()}))
         self.store.close()
+        self.lock.release()
 
     def serve(self) -> None:
         """Run until SIGTERM or SIGINT (the main thread waits; handlers only set a flag)."""

@@ -397,6 +397,36 @@ class Store:
             )
         return cur.rowcount
 
+    def renew(self, worker_prefix: str, lease_s: float) -> int:
+        """Heartbeat: extend the leases of the running jobs of workers named ``worker_prefix...``.
+
+        The holder renews while it works, so a lease only has to outlive a missed heartbeat, not the
+        longest job: a lease held by a dead process runs out within seconds.
+        """
+        now = time.time()
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "UPDATE jobs SET lease_until=?, updated_at=? WHERE state='running' AND worker LIKE ? || '%'",
+                (now + lease_s, now, worker_prefix),
+            )
+        return cur.rowcount
+
+    def take_back_orphans(self, kinds: Sequence[str]) -> int:
+        """Queue again at once every running job of ``kinds``: for a process that owns the database
+        alone (the embedded node, see :class:`dicom_node.storelock.StorageLock`), whatever is still
+        running at its start was cut by its predecessor's death. The attempt stays counted, so a job
+        that kills the process every time is failed in the end, not retried for ever."""
+        now = time.time()
+        marks = ",".join("?" for _ in kinds)
+        with self.transaction() as conn:
+            cur = conn.execute(
+                f"UPDATE jobs SET state='queued', lease_until=NULL, worker=NULL, not_before=?, updated_at=?,"
+                f" error='taken back at start: its worker died (attempt ' || attempts || ' of ' || max_attempts"
+                f" || ')' WHERE state='running' AND kind IN ({marks})",
+                (now, now, *kinds),
+            )
+        return cur.rowcount
+
     def release(self, worker_prefix: str) -> int:
         """Give back the running jobs of workers whose name starts with ``worker_prefix`` (clean stop).
 

@@ -3,7 +3,8 @@
 :class:`WorkerPool` is the generic part: threads that lease jobs of some kinds from the store in
 batches, hand them to a handler, and record each job's end (done, skipped, failed, or back to the
 queue after a delay). A handler that raises puts its jobs back with back-off until their attempts are
-spent. Leases expire, so the jobs of a crashed process are taken again by the next one.
+spent. A heartbeat thread renews the pool's leases while it works, so a lease is short (seconds) and
+the jobs of a crashed process are taken again soon after, however long a job runs.
 
 :class:`Analysis` is the handler for ``analyse`` jobs: the steps of ARCHITECTURE.md, each idempotent,
 so doing one twice after a crash changes nothing.
@@ -45,7 +46,7 @@ class WorkerPool:
     """``threads`` workers leasing up to ``batch_size`` jobs of ``kinds`` at a time."""
 
     def __init__(self, store: Store, name: str, kinds: Sequence[str], handler: Handler, *,
-                 threads: int = 1, batch_size: int = 1, lease_s: float = 300.0, poll_s: float = 1.0,
+                 threads: int = 1, batch_size: int = 1, lease_s: float = 15.0, poll_s: float = 1.0,
                  retry_backoff_s: float = 5.0) -> None:
         self.store = store
         self.kinds = tuple(kinds)
@@ -64,6 +65,10 @@ class WorkerPool:
         self.busy = 0
 
     def start(self) -> None:
+        if self.threads > 0:
+            beat = threading.Thread(target=self._heartbeat, name=f"{self.prefix}heartbeat", daemon=True)
+            beat.start()
+            self._threads.append(beat)
         for i in range(self.threads):
             t = threading.Thread(target=self._run, args=(f"{self.prefix}{i}",), name=f"{self.prefix}{i}",
                                  daemon=True)
@@ -118,6 +123,15 @@ class WorkerPool:
         error = outcome.detail if outcome.state == "failed" else None
         detail = outcome.detail if outcome.state != "failed" else None
         self.store.finish(job, outcome.state, error=error, detail=detail)
+
+    def _heartbeat(self) -> None:
+        """Renew this pool's leases every third of ``lease_s`` while it runs (see :meth:`Store.renew`)."""
+        every = max(0.2, self.lease_s / 3.0)
+        while not self._stop.wait(every):
+            try:
+                self.store.renew(self.prefix, self.lease_s)
+            except Exception:  # a database hiccup: the next beat tries again, well within the lease
+                log.error("lease heartbeat failed", extra={"error": traceback.format_exc(limit=2)})
 
     def _run(self, worker: str) -> None:
         while not self._stop.is_set():

@@ -5,6 +5,7 @@ This package knows nothing of networking and never imports ``dicom_node`` or ``t
 
 from pathlib import Path
 
-#: The committed demo model (synthetic data, not for clinical use); see weights/MODEL_CARD.md.
+#: The committed model, trained on real SIIM-FISABIO-RSNA radiographs (research and demonstration,
+#: not for clinical use); see weights/MODEL_CARD.md.
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 SHIPPED_WEIGHTS = WEIGHTS_DIR / "opacity_cascade_r18n_fpn.pth"

@@ -37,7 +37,7 @@ from models.siim import siim_samples
 
 __all__ = ["TrainOptions", "train"]
 
-MODEL_VERSION = "1.0.0"
+MODEL_VERSION = "2.0.0"  # 2: trained on real SIIM radiographs (1: phantoms)
 
 
 @dataclass
@@ -224,9 +224,13 @@ class _MetadataCheckpointer(DetectionCheckpointer):
         super().__init__(*args, **kwargs)
         self._cfg = cfg
         self.metadata = metadata
+        self.earlier_s = 0.0  # training time of earlier sittings of this run (from the resumed checkpoint)
+        self.sitting_t0 = time.perf_counter()
 
     def save(self, name: str, **kwargs: Any) -> None:
         self.metadata.iterations = int(kwargs.get("iteration", self.metadata.iterations)) + 1
+        # Every checkpoint carries the run's training time so far, so a later sitting can add to it.
+        self.metadata.extra["train_seconds_total"] = f"{self.earlier_s + time.perf_counter() - self.sitting_t0:.0f}"
         super().save(name, config=self._cfg.dump(), metadata=self.metadata.to_dict(), **kwargs)
 
 
@@ -362,6 +366,11 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print) -> dict[str, A
             if old.data_fingerprint and old.data_fingerprint != fp:
                 raise ValueError("--resume: the training data differs from the checkpoint's (fingerprint)")
             checkpointer.metadata.device_uid = old.device_uid  # the same training run
+            for key in ("init_weights", "resumed_from_iteration"):  # how the run began stays recorded
+                if key in old.extra:
+                    checkpointer.metadata.extra.setdefault(key, old.extra[key])
+            checkpointer.metadata.extra.setdefault("resumed_from_iteration", str(start_iter))
+            checkpointer.earlier_s = float(old.extra.get("train_seconds_total", "0"))
         log(f"resuming at iteration {start_iter}")
     elif opts.init_weights is not None:
         checkpointer.resume_or_load(str(opts.init_weights), resume=False)
@@ -396,7 +405,7 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print) -> dict[str, A
             _Progress(max_iter, log),
         ]
     )
-    t_train = time.perf_counter()
+    t_train = checkpointer.sitting_t0 = time.perf_counter()
     if start_iter < max_iter:
         trainer.train(start_iter, max_iter)
     train_s = time.perf_counter() - t_train
@@ -415,6 +424,7 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print) -> dict[str, A
         log(f"score threshold {meta.score_threshold} ({meta.extra['threshold_rule']})")
     meta.extra["machine"] = _machine()
     meta.extra["train_seconds_this_run"] = f"{train_s:.0f}"
+    meta.extra["train_seconds_total"] = f"{checkpointer.earlier_s + train_s:.0f}"
     # Detectron2's own final checkpoint (optimizer, scheduler, iteration: --resume can go on from it),
     # written again so it carries the run's timing too.
     checkpointer.save("model_final", iteration=max_iter - 1)

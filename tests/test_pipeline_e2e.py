@@ -7,7 +7,9 @@ import subprocess
 import time
 from pathlib import Path
 
+import highdicom as hd
 import pydicom
+import pytest
 
 from dicom_node.testing import NodeProcess, OrthancProcess, free_port, require, storescu, tool
 
@@ -52,6 +54,7 @@ def test_rsna_sample_results_arrive_in_orthanc_valid_and_referencing(
     elapsed = time.monotonic() - t0
     print(f"\nsend-to-results for 9 radiographs: {elapsed:.1f} s ({elapsed / 9:.2f} s per radiograph)")
 
+    srs: dict[str, Path] = {}
     for src_file in rsna:
         src = pydicom.dcmread(src_file, stop_before_pixels=True)
         studies = json.loads(_post(orthanc, "/tools/lookup", str(src.StudyInstanceUID)))
@@ -64,10 +67,27 @@ def test_rsna_sample_results_arrive_in_orthanc_valid_and_referencing(
             path.write_bytes(raw)
             ds = pydicom.dcmread(path)
             classes[str(ds.SOPClassUID)] = ds
+            if str(ds.SOPClassUID) == SR_CLASS:
+                srs[str(src.SOPInstanceUID)] = path
             assert str(src.SOPInstanceUID) in _references(ds), f"{ds.Modality} does not reference its source"
             assert ds.StudyInstanceUID == src.StudyInstanceUID
             assert _dciodvfy_errors(path) == [], f"dciodvfy errors in {ds.Modality} for {src_file.name}"
         assert set(classes) == {SR_CLASS, GSPS_CLASS, SC_CLASS}
+
+    # What the command shows for each study: the image-level probability beside the findings, and the
+    # same probability in the SR that Orthanc holds (TID 1501 group on the whole image).
+    found = 0
+    for src_file in rsna:
+        src = pydicom.dcmread(src_file, stop_before_pixels=True)
+        [inst] = json.loads(node.cli("results", str(src.StudyInstanceUID), "--json").stdout)["instances"]
+        probability = inst["opacity_probability"]
+        assert 0.0 <= probability <= 1.0 and all(f["score"] <= probability for f in inst["findings"])
+        found += len(inst["findings"])
+        [group] = hd.sr.srread(srs[str(src.SOPInstanceUID)]).content.get_image_measurement_groups()
+        [measured] = group.get_measurements()
+        assert measured.value == pytest.approx(probability, abs=1e-6)
+        assert f"opacity probability (image) {probability:.2f}" in node.cli("results", str(src.StudyInstanceUID)).stdout
+    assert found > 0, "the shipped model found no opacity in the nine RSNA radiographs"
 
     # What the command shows for one study.
     study = str(pydicom.dcmread(rsna[0], stop_before_pixels=True).StudyInstanceUID)

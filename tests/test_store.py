@@ -123,3 +123,33 @@ def test_a_version_1_database_gains_the_image_level_probability_in_place(tmp_pat
     assert conn.execute("SELECT opacity_probability FROM analyses WHERE sop_instance_uid='1.2.4'").fetchone()[0] == 0.83
     store.close()
     Store(path).close()  # opening again changes nothing
+
+
+def test_heartbeat_keeps_a_short_lease_alive_and_a_dead_holder_loses_it(tmp_path: Path) -> None:
+    store = Store(tmp_path / "node.db")
+    store.enqueue("analyse", "1.2.3")
+    store.enqueue("analyse", "1.2.4")
+    [alive] = store.lease(["analyse"], "analyse:1:1:0", lease_s=0.3)
+    [dead] = store.lease(["analyse"], "analyse:2:2:0", lease_s=0.3)
+    for _ in range(4):  # 0.6 s in all: the renewed lease outlives its 0.3 s, the other one expires
+        time.sleep(0.15)
+        assert store.renew("analyse:1:1:", 0.3) == 1
+    [taken] = store.lease(["analyse"], "w3", lease_s=10)
+    assert taken.ref == dead.ref and taken.attempts == 2
+    assert store.finish(alive, "done") is True
+
+
+def test_a_node_that_owns_the_database_takes_back_what_its_dead_predecessor_ran(tmp_path: Path) -> None:
+    store = Store(tmp_path / "node.db")
+    for ref in ("1", "2", "3"):
+        store.enqueue("analyse", ref)
+    store.enqueue("deliver", "r1")
+    store.lease(["analyse"], "analyse:old:0", limit=2, lease_s=300)
+    store.lease(["deliver"], "deliver:old:0", lease_s=300)
+    assert store.take_back_orphans(["analyse", "deliver"]) == 3
+    jobs = store.jobs()
+    assert {j["state"] for j in jobs} == {"queued"}
+    assert sum("taken back at start" in (j["error"] or "") for j in jobs) == 3
+    # the attempt stays counted: a job that kills the node each time ends failed, not looping
+    again = store.lease(["analyse"], "analyse:new:0", limit=3, lease_s=10)
+    assert sorted(j.attempts for j in again) == [1, 2, 2]

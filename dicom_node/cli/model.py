@@ -1,9 +1,9 @@
 """Detector commands, mounted as ``dicom-node model``: ``train``, ``eval`` and ``info``.
 
 ``eval --json`` prints exactly one JSON object (keys ``AP``, ``AP50``, ``AP75``, ``AP@0.2``, ``AP@0.4``,
-``AP@0.5``, ``AP@0.7`` as fractions, plus FROC sensitivities) on stdout; progress goes to stderr.
-Without ``--weights`` the commands use ``model.weights`` from the configuration, else the shipped
-demo model.
+``AP@0.5``, ``AP@0.7`` as fractions, plus FROC sensitivities and ``image_auroc``) on stdout; progress
+goes to stderr. Without ``--weights`` the commands use ``model.weights`` from the configuration, else
+the shipped model (trained on real SIIM radiographs; research use).
 """
 
 from __future__ import annotations

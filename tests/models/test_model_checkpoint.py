@@ -106,6 +106,9 @@ def test_training_writes_metadata_and_resumes_the_same_run(tmp_path):
     resumed = train(TrainOptions(output_dir=tmp_path / "a", max_iter=4, resume=True, **common), log=lambda s: None)
     assert resumed["started_at_iteration"] == 2 and resumed["iterations"] == 4
     assert resumed["metadata"]["device_uid"] == meta["device_uid"]  # same training run
+    # a later sitting adds to the run's training time and says where it took over
+    assert float(resumed["metadata"]["extra"]["train_seconds_total"]) >= float(meta["extra"]["train_seconds_total"])
+    assert resumed["metadata"]["extra"]["resumed_from_iteration"] == "2"
     assert resumed["metadata"]["data_fingerprint"] == meta["data_fingerprint"]
     other = train(TrainOptions(output_dir=tmp_path / "b", max_iter=1, **common), log=lambda s: None)
     assert other["metadata"]["device_uid"] != meta["device_uid"]  # a new run is a new device
