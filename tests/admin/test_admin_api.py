@@ -8,7 +8,7 @@ from admin_support import FedNode
 
 
 def test_healthz_and_openapi_are_served(fed_node: FedNode) -> None:
-    assert fed_node.json("/healthz") == {"ok": True, "ae_title": "DICOM_NODE"}
+    assert fed_node.json("/healthz") == {"ok": True, "ae_title": "DICOM_NODE", "model": "ready", "model_ready": True}
     schema = fed_node.json("/openapi.json")
     for path in ("/healthz", "/api/status", "/api/devices", "/api/devices/{ref}", "/api/studies/{study_uid}",
                  "/api/jobs", "/metrics"):
