@@ -496,6 +496,11 @@ class Store:
                  t.get("preprocess"), t.get("inference"), t.get("total"), now),
             )
 
+    def analysis(self, sop_instance_uid: str) -> dict[str, Any] | None:
+        """This instance's analysis row (outcome, reason, model, opacity probability, timings)."""
+        row = self.conn().execute("SELECT * FROM analyses WHERE sop_instance_uid = ?", (sop_instance_uid,)).fetchone()
+        return dict(row) if row else None
+
     def findings(self, sop_instance_uid: str) -> list[dict[str, Any]]:
         return [dict(r) for r in self.conn().execute(
             "SELECT * FROM findings WHERE sop_instance_uid = ? ORDER BY score DESC", (sop_instance_uid,))]

@@ -105,12 +105,14 @@ def main() -> int:
 def report(node: NodeProcess, files: list[Path], previews: Path) -> None:
     previews.mkdir(parents=True, exist_ok=True)
     store = Store(node.storage / "node.db")
-    table = Table("image", "findings (score: box x0,y0–x1,y1)", "results")
+    table = Table("image", "opacity p (image)", "findings (score: box x0,y0–x1,y1)", "results")
     try:
         for f in files:
             ds = dcmread(f, stop_before_pixels=True)
             uid = str(ds.SOPInstanceUID)
             findings = store.findings(uid)
+            analysis = store.analysis(uid) or {}
+            p = analysis.get("opacity_probability")
             text = "\n".join(f"{x['score']:.2f}: {x['x0']:.0f},{x['y0']:.0f}–{x['x1']:.0f},{x['y1']:.0f}"
                              for x in findings) or "no opacity detected"
             kinds = []
@@ -121,7 +123,7 @@ def report(node: NodeProcess, files: list[Path], previews: Path) -> None:
                     img = Image.fromarray(np.asarray(sc.pixel_array, dtype=np.uint8))
                     img.thumbnail((768, 768))
                     img.save(previews / f"{f.stem}.png")
-            table.add_row(f.stem[:24], text, ", ".join(kinds))
+            table.add_row(f.stem[:24], "" if p is None else f"{p:.2f}", text, ", ".join(kinds))
     finally:
         store.close()
     console.print(table)
