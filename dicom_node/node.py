@@ -97,13 +97,12 @@ class Node:
             self.admin = AdminServer(self)
         self.address: tuple[str, int] | None = None
         self._stopped = threading.Event()
+        self._warm: threading.Thread | None = None
 
     def start(self) -> None:
-        if self.detect is not None and self.cfg.worker.threads > 0:
-            # The model loads and warms beside the receiver: it listens at once, the first study waits less.
-            threading.Thread(target=self.detect.warm, name="model-warm", daemon=True).start()
-        else:
-            self.store.set_meta("model_state", json.dumps({"state": "not used", "since": time.time()}))
+        warm = self.detect is not None and self.cfg.worker.threads > 0
+        state = "loading" if warm else "not used"  # said before the receiver listens: status is never stale
+        self.store.set_meta("model_state", json.dumps({"state": state, "since": time.time()}))
         self.analysis.start()
         self.delivery.start()
         try:  # each listener's OSError names its own address
@@ -113,6 +112,10 @@ class Node:
         except OSError:
             self.stop(grace_s=0)
             raise
+        if warm and self.detect is not None:
+            # The model loads and warms beside the receiver: it listens at once, the first study waits less.
+            self._warm = threading.Thread(target=self.detect.warm, name="model-warm", daemon=True)
+            self._warm.start()
         self.scheduler.start()
         log.info("node serving", extra={"ae_title": self.cfg.node.ae_title, "host": self.address[0],
                                         "port": self.address[1], "storage": str(self.cfg.storage.dir),
@@ -127,6 +130,8 @@ class Node:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         released = self.analysis.stop(grace_s) + self.delivery.stop(grace_s)
+        if self._warm is not None:  # an interpreter must not exit while a thread is still importing torch
+            self._warm.join(max(grace_s, 30.0))
         if self.admin is not None:
             self.admin.stop()
         log.info("node stopped", extra={"associations_aborted": aborted, "jobs_released": released})
