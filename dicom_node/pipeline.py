@@ -106,8 +106,7 @@ class DetectStep:
 
         from models.preprocess import letterbox
 
-        started = time.time()
-        self.store.set_meta("model_state", json.dumps({"state": "loading", "since": started}))
+        started = time.time()  # "loading" was written by Node.start before the receiver listened
         try:
             detector = self.detector
             detector.predict_prepared([letterbox(np.zeros((64, 64), np.float32), detector.input_size)])

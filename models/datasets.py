@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +136,17 @@ def split_by_group(samples: Sequence[Sample], val_fraction: float, seed: int) ->
     train = [s for s in samples if (s.group or s.name) not in held]
     val = [s for s in samples if (s.group or s.name) in held]
     return train, val
+
+
+def split_label(val_fraction: float, seed: int) -> str:
+    """How a split is named in a checkpoint's metadata (``extra["split"]``); read back by :func:`parse_split`."""
+    return f"by study, val_fraction={val_fraction}, seed={seed}"
+
+
+def parse_split(label: str) -> tuple[float, int] | None:
+    """(val_fraction, seed) of a :func:`split_label`; None for a checkpoint trained without a split."""
+    match = re.fullmatch(r"by study, val_fraction=([0-9.]+), seed=(-?\d+)", label.strip())
+    return (float(match.group(1)), int(match.group(2))) if match else None
 
 
 def fingerprint(samples: Iterable[Sample]) -> str:

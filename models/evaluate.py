@@ -83,18 +83,8 @@ def auroc(positive: Sequence[bool], scores: Sequence[float]) -> float | None:
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if not n_pos or not n_neg:
         return None
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x))
-    sorted_x = x[order]
-    # average ranks over ties
-    i = 0
-    while i < len(x):
-        j = i
-        while j + 1 < len(x) and sorted_x[j + 1] == sorted_x[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    pos, neg = x[y][:, None], x[~y][None, :]  # every (positive, negative) pair; fine for thousands of images
+    return float((pos > neg).mean() + 0.5 * (pos == neg).mean())
 
 
 def _matches(

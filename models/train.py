@@ -30,8 +30,9 @@ from pydicom.uid import generate_uid
 
 from models import datasets
 from models.datasets import Sample
+from models.detection import Detection
 from models.detector import Detector, pick_device
-from models.evaluate import detect_all, evaluate_detector, operating_point
+from models.evaluate import detect_all, evaluate_detections, operating_point
 from models.modeling import MODEL_NAME, CheckpointMetadata, build, load_config, resolve_config, save_checkpoint
 from models.siim import siim_samples
 
@@ -352,7 +353,7 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print) -> dict[str, A
         trained_on=source,
     )
     if opts.siim is not None:
-        metadata.extra["split"] = f"by study, val_fraction={opts.val_fraction}, seed={opts.seed}"
+        metadata.extra["split"] = datasets.split_label(opts.val_fraction, opts.seed)
         metadata.extra["validation_images"] = str(len(val))
     checkpointer = _MetadataCheckpointer(
         model, str(out_dir), cfg=cfg, metadata=metadata, optimizer=optimizer, scheduler=scheduler
@@ -366,10 +367,12 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print) -> dict[str, A
             if old.data_fingerprint and old.data_fingerprint != fp:
                 raise ValueError("--resume: the training data differs from the checkpoint's (fingerprint)")
             checkpointer.metadata.device_uid = old.device_uid  # the same training run
-            for key in ("init_weights", "resumed_from_iteration"):  # how the run began stays recorded
-                if key in old.extra:
-                    checkpointer.metadata.extra.setdefault(key, old.extra[key])
-            checkpointer.metadata.extra.setdefault("resumed_from_iteration", str(start_iter))
+            extra = checkpointer.metadata.extra
+            if "init_weights" in old.extra:  # how the run began stays recorded
+                extra["init_weights"] = old.extra["init_weights"]
+            extra["resumed_from_iteration"] = ", ".join(
+                x for x in (old.extra.get("resumed_from_iteration", ""), str(start_iter)) if x
+            )
             checkpointer.earlier_s = float(old.extra.get("train_seconds_total", "0"))
         log(f"resuming at iteration {start_iter}")
     elif opts.init_weights is not None:
@@ -378,14 +381,20 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print) -> dict[str, A
         log(f"initialised from {opts.init_weights}")
 
     evaluations: list[dict[str, Any]] = []
+    last_val: dict[str, Any] = {}  # the latest validation detections, kept for the operating point
+
+    def detect_val() -> list[list[Detection]]:
+        if last_val.get("iteration") != trainer.iter:
+            model.eval()
+            det = Detector(model, cfg, checkpointer.metadata, device, checkpointer.metadata.score_threshold)
+            last_val.update(iteration=trainer.iter, detections=detect_all(det, val))
+            model.train()
+        return last_val["detections"]  # type: ignore[no-any-return]
 
     def run_eval() -> dict[str, float]:
         if not val:
             return {}
-        model.eval()
-        det = Detector(model, cfg, checkpointer.metadata, device, checkpointer.metadata.score_threshold)
-        res = evaluate_detector(det, val)
-        model.train()
+        res = evaluate_detections(val, detect_val())
         res_it = {"iteration": trainer.iter + 1, **res}
         evaluations.append(res_it)
         auc = res.get("image_auroc")
@@ -405,17 +414,15 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print) -> dict[str, A
             _Progress(max_iter, log),
         ]
     )
-    t_train = checkpointer.sitting_t0 = time.perf_counter()
+    t_train = time.perf_counter()
+    checkpointer.sitting_t0 = t_train  # training time of this sitting counts from here, not from data loading
     if start_iter < max_iter:
         trainer.train(start_iter, max_iter)
     train_s = time.perf_counter() - t_train
 
     meta = checkpointer.metadata
     if opts.score_threshold is None and val:
-        model.eval()
-        det = Detector(model, cfg, meta, device, meta.score_threshold)
-        point = operating_point(val, detect_all(det, val))
-        model.train()
+        point = operating_point(val, detect_val())  # the final evaluation's detections when there was one
         meta.score_threshold = float(point["threshold"])
         meta.extra["threshold_rule"] = (
             f"best box F1 at IoU {point['iou']} on the validation set: F1 {point['f1']}, "
@@ -424,7 +431,6 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print) -> dict[str, A
         log(f"score threshold {meta.score_threshold} ({meta.extra['threshold_rule']})")
     meta.extra["machine"] = _machine()
     meta.extra["train_seconds_this_run"] = f"{train_s:.0f}"
-    meta.extra["train_seconds_total"] = f"{checkpointer.earlier_s + train_s:.0f}"
     # Detectron2's own final checkpoint (optimizer, scheduler, iteration: --resume can go on from it),
     # written again so it carries the run's timing too.
     checkpointer.save("model_final", iteration=max_iter - 1)

@@ -171,12 +171,12 @@ def train(
 
 def _model_split(det: Any) -> tuple[float, int]:
     """The SIIM validation split a model was trained with, from its checkpoint metadata."""
-    import re
+    from models.datasets import parse_split
 
-    match = re.search(r"val_fraction=([0-9.]+), seed=(-?\d+)", det.metadata.extra.get("split", ""))
-    if match is None:
+    split = parse_split(det.metadata.extra.get("split", ""))
+    if split is None:
         raise fail("--split val: this model's checkpoint records no SIIM split (trained on other data)", 2)
-    return float(match.group(1)), int(match.group(2))
+    return split
 
 
 @app.command("eval")

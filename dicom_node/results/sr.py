@@ -51,10 +51,12 @@ from .common import (
 BOUNDED_BY = hd.sr.CodedConcept("75958009", "SCT", "Bounded by")
 
 
-def tracking_identifier(model: ModelInfo, label: str, number: int | None, *, ohif: bool) -> str:
+def tracking_identifier(model: ModelInfo, label: str, number: int | str | None, *, ohif: bool) -> str:
     """Tracking Identifier text (TID 4108), unique within the report.
 
-    Plain: ``"opacity 1"``. OHIF mode: ``"<model>@<version>:<label>:<n>"``, the
+    ``number`` is the finding's number, ``"image"`` for the image-level group of a positive image, or
+    None for the explicit negative. Plain: ``"opacity 1"``, ``"opacity (image)"``, ``"no opacity"``.
+    OHIF mode: ``"<model>@<version>:<label>:<n>"`` (``image``, ``none``), the
     ``source@version:type`` form OHIF's SR tooling parses (see docs/results.md); the type is no
     Cornerstone tool name, so OHIF shows the findings read-only instead of trying to re-create
     editable tools from them.
@@ -62,7 +64,9 @@ def tracking_identifier(model: ModelInfo, label: str, number: int | None, *, ohi
     suffix = "none" if number is None else str(number)
     if ohif:
         return f"{model.name}@{model.version}:{label}:{suffix}"
-    return f"{label} {suffix}" if number is not None else f"no {label}"
+    if number is None:
+        return f"no {label}"
+    return f"{label} (image)" if number == "image" else f"{label} {suffix}"
 
 
 def _observation_context(node: NodeIdentity) -> hd.sr.ObservationContext:
@@ -185,9 +189,7 @@ def _image_group(
     """The image-level answer as a TID 1501 group on the whole image: "Abnormal opacity: Present"
     or "Absent", with the image's opacity probability (TID 1419 Certainty of Finding) when known."""
     label = model.classes[0] if model.classes else "opacity"
-    identifier = f"{label} (image)" if present else tracking_identifier(model, label, None, ohif=ohif)
-    if ohif and present:
-        identifier = f"{model.name}@{model.version}:{label}:image"
+    identifier = tracking_identifier(model, label, "image" if present else None, ohif=ohif)
     measurements = []
     if probability is not None:
         measurements.append(hd.sr.Measurement(name=CERTAINTY_OF_FINDING, value=float(probability), unit=PROBABILITY))
