@@ -52,7 +52,7 @@ class NodeConfig(_Section):
     host: str = "0.0.0.0"
     port: int = Field(11112, ge=1, le=65535)
     max_associations: int = Field(16, ge=1, le=1024)
-    max_pdu_size: int = Field(0, ge=0)
+    max_pdu_size: int = Field(1_048_576, ge=0)
     network_timeout_s: float = Field(60.0, gt=0)
     acse_timeout_s: float = Field(30.0, gt=0)
     dimse_timeout_s: float = Field(60.0, gt=0)
@@ -171,10 +171,16 @@ class ModelConfig(_Section):
 
 
 class RoutingConfig(_Section):
+    """What the detector sees (``dicom_node.routing.decide``); ``""`` in ``views`` or ``body_parts``
+    accepts an empty value even with ``assume_chest_when_unlabelled`` off."""
+
     modalities: list[str] = Field(default_factory=lambda: ["CR", "DX"])
     views: list[str] = Field(default_factory=lambda: ["PA", "AP"])
-    body_parts: list[str] = Field(default_factory=lambda: ["CHEST", ""])
+    body_parts: list[str] = Field(default_factory=lambda: ["CHEST"])
     require_for_presentation: bool = True
+    #: A CR/DX whose Body Part Examined or View Position is empty is analysed as a frontal chest
+    #: film, the assumption recorded in the SR and in ``dicom-node results``.
+    assume_chest_when_unlabelled: bool = True
 
 
 class TwinConfig(_Section):

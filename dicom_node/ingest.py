@@ -1,10 +1,11 @@
-"""What happens to one received instance, from bytes to a durable file and a queued job.
+"""What happens to one received instance, from a file in the spool's ``tmp/`` to a stored, queued one.
 
-The receiver (:mod:`dicom_node.scp`) calls :func:`Ingest.receive` with the encoded data set and the
-request's identifiers and returns the status this function picks. The order is what makes the
-node lose nothing: check → write a temporary file and fsync → link into place → commit the instance
-row and its analysis job in one transaction → only then Success. Anything that fails before the
-commit leaves no file behind and returns a failure status, so the sender keeps its copy.
+The receiver (:mod:`dicom_node.scp`) calls :func:`Ingest.receive` with the file the data set arrived
+into (:mod:`dicom_node.arriving`: written as received, never held in memory) and the request's
+identifiers, and returns the status this function picks. The order is what makes the node lose
+nothing: check (bulk values left on disk) → fsync → link into place → commit the instance row and its
+analysis job in one transaction → only then Success. Anything that fails before the commit leaves no
+file behind and returns a failure status, so the sender keeps its copy.
 
 C-STORE statuses (PS3.4 Annex B.2.3 and PS3.7 Annex C):
 0x0000 Success · 0xA700 Refused: out of resources · 0xA900 Error: data set does not match SOP
@@ -22,12 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.datadict import dictionary_has_tag, dictionary_VR
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
-from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
-from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from dicom_node.spool import Spool, is_valid_uid
@@ -42,6 +42,8 @@ CANNOT_UNDERSTAND = 0xC210
 
 # Image pixel attributes every image SOP class we accept requires (PS3.3 C.7.6.3, Type 1).
 _UNDEFINED_LENGTH = 0xFFFFFFFF
+_META_START = 132  # preamble and "DICM" (PS3.10 §7.1)
+_DEFER_BYTES = 1 << 20  # values larger than this stay on disk while an instance is checked
 _PIXEL_MODULE = ("Rows", "Columns", "BitsAllocated", "SamplesPerPixel", "PhotometricInterpretation")
 
 
@@ -64,46 +66,89 @@ class RejectInstance(Exception):
         self.reason = reason
 
 
-def parse_dataset(stream: io.BytesIO | bytes, transfer_syntax: str) -> Dataset:
-    """Decode a C-STORE data set as sent (no File Meta) in the negotiated transfer syntax (PS3.5 §10)."""
-    data = stream.getvalue() if isinstance(stream, io.BytesIO) else stream
+def read_received(path: Path, transfer_syntax: str) -> Dataset:
+    """Decode a received instance file (PS3.10) with its bulk values left on disk while it is checked.
+
+    The data set is as the sender encoded it in the negotiated transfer syntax (PS3.5 §10). Values
+    larger than ``_DEFER_BYTES`` (Pixel Data, above all) are not read: their declared lengths are
+    checked against the file instead, so a 600 MB radiograph is checked in a few kilobytes of memory.
+    """
     ts = UID(transfer_syntax)
     try:
-        if ts == DeflatedExplicitVRLittleEndian:
-            data = zlib.decompress(data, -zlib.MAX_WBITS)
-        ds = read_dataset(io.BytesIO(data), ts.is_implicit_VR, ts.is_little_endian)
-        _check_encoding(ds, ts)
-        # Walk every element once so a malformed value raises here, not later in the worker.
-        for _elem in ds.iterall():
-            pass
+        ds = _read_data_set(path, ts)
+        _check_encoding(ds, ts, path.stat().st_size)
+        _walk(ds, str(path))  # every element once, so a malformed value raises here, not later in the worker
     except (InvalidDicomError, ValueError, KeyError, EOFError, OverflowError, NotImplementedError,
-            zlib.error, TypeError, AttributeError, IndexError, BytesLengthException, struct.error,
-            OSError) as exc:
-        # OSError here is pydicom's "No tag to read" on a stream cut inside a tag, not a disk error:
-        # the data set is in memory.
+            zlib.error, TypeError, AttributeError, IndexError, BytesLengthException, struct.error) as exc:
+        raise RejectInstance(CANNOT_UNDERSTAND, f"data set cannot be parsed: {type(exc).__name__}") from exc
+    except OSError as exc:
+        if exc.errno is not None:  # a real storage error: 0xA700 from Ingest.receive
+            raise
+        # pydicom's "No tag to read" on a stream cut inside a tag raises OSError without an errno.
         raise RejectInstance(CANNOT_UNDERSTAND, f"data set cannot be parsed: {type(exc).__name__}") from exc
     if len(ds) == 0:
         raise RejectInstance(CANNOT_UNDERSTAND, "data set is empty")
     return ds
 
 
-def _check_encoding(ds: Dataset, ts: UID) -> None:
+def _read_data_set(path: Path, ts: UID) -> Dataset:
+    """The data set after the File Meta Information, read as encoded: pydicom's ``dcmread`` would
+    report the file meta's transfer syntax as the encoding instead of the one it detected."""
+    with open(path, "rb") as fp:
+        head = fp.read(_META_START + 12)
+        # PS3.10 §7.1: 128-byte preamble, "DICM", then (0002,0000) UL File Meta Group Length first;
+        # the receiver wrote this header itself (pynetdicom), so it is well formed.
+        if head[128:132] != b"DICM" or head[132:138] != b"\x02\x00\x00\x00UL":
+            raise InvalidDicomError("not a PS3.10 file with a File Meta group length")
+        fp.seek(_META_START + 12 + struct.unpack("<I", head[140:144])[0])
+        if ts == DeflatedExplicitVRLittleEndian:
+            # PS3.5 §A.5; offsets then refer to the inflated stream, so nothing is deferred there.
+            inflated = io.BytesIO(zlib.decompress(fp.read(), -zlib.MAX_WBITS))
+            return read_dataset(inflated, False, True)
+        ds = read_dataset(fp, ts.is_implicit_VR, ts.is_little_endian, defer_size=_DEFER_BYTES)
+    return ds
+
+
+def _is_deferred(raw: object) -> bool:
+    return isinstance(raw, RawDataElement) and raw.value is None and raw.length not in (0, _UNDEFINED_LENGTH)
+
+
+def _walk(ds: Dataset, filename: str) -> None:
+    """Decode every element but deferred bulk values (their bounds are checked in _check_encoding)."""
+    # A deferred sequence is read from the file when it is decoded: say which file (pydicom keeps
+    # the name only on a FileDataset).
+    ds.filename, ds.fileobj_type, ds.timestamp, ds.buffer = filename, open, None, None
+    for tag in list(ds.keys()):
+        raw = ds.get_item(tag, keep_deferred=True)
+        vr = raw.VR if raw.VR is not None else (dictionary_VR(tag) if dictionary_has_tag(tag) else "UN")
+        if _is_deferred(raw) and vr != "SQ":
+            continue
+        elem = ds[tag]
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _walk(item, filename)
+
+
+def _check_encoding(ds: Dataset, ts: UID, file_size: int) -> None:
     """Refuse a data set that pydicom could only read by guessing (PS3.5 §7.1, §10).
 
     pydicom reads leniently: it switches to implicit VR when the bytes look implicit, and a value
-    whose length field runs past the end of the data is returned short. Stored as sent, either
-    would give a file that other readers (DCMTK, a PACS) cannot open, so both are refused here.
+    whose length field runs past the end of the data is returned short (or, when deferred, points
+    past the end of the file). Stored as sent, either would give a file that other readers (DCMTK,
+    a PACS) cannot open, so both are refused here.
     """
     implicit, little = ds.original_encoding
     if implicit != ts.is_implicit_VR or little != ts.is_little_endian:
         raise RejectInstance(CANNOT_UNDERSTAND, "data set is not encoded in the negotiated transfer syntax")
     for tag in list(ds.keys()):
-        raw = ds.get_item(tag)
-        if isinstance(raw, RawDataElement) and raw.length != _UNDEFINED_LENGTH and raw.value is not None \
-                and len(raw.value) < raw.length:
+        raw = ds.get_item(tag, keep_deferred=True)
+        if not isinstance(raw, RawDataElement) or raw.length == _UNDEFINED_LENGTH:
+            continue
+        present = len(raw.value) if raw.value is not None else max(0, file_size - raw.value_tell)
+        if present < raw.length:
             raise RejectInstance(
                 CANNOT_UNDERSTAND,
-                f"data set is truncated: {tag} declares {raw.length} bytes, {len(raw.value)} are present",
+                f"data set is truncated: {tag} declares {raw.length} bytes, {present} are present",
             )
 
 
@@ -129,8 +174,10 @@ def check_dataset(ds: Dataset, sop_class_uid: str, sop_instance_uid: str, transf
 def _check_pixel_length(ds: Dataset, transfer_syntax: str) -> None:
     """Declared size against the data present: native data must hold every pixel (PS3.5 §8.1.1);
     encapsulated data must hold at least one non-empty fragment and end with its delimiter (§A.4)."""
-    elem = ds["PixelData"]
-    value = elem.value if elem.value is not None else b""
+    raw = ds.get_item("PixelData", keep_deferred=True)  # not ds["PixelData"]: that would read a deferred value
+    undefined = raw.length == _UNDEFINED_LENGTH if isinstance(raw, RawDataElement) \
+        else bool(getattr(raw, "is_undefined_length", False))
+    present = raw.length if isinstance(raw, RawDataElement) and _is_deferred(raw) else len(raw.value or b"")
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
         bits, spp = int(ds.BitsAllocated), int(ds.SamplesPerPixel)
@@ -140,14 +187,14 @@ def _check_pixel_length(ds: Dataset, transfer_syntax: str) -> None:
     if min(rows, cols, bits, spp, frames) <= 0:
         raise RejectInstance(DOES_NOT_MATCH_SOP_CLASS, "Image Pixel module declares a zero size")
     if UID(transfer_syntax).is_compressed:
-        if not getattr(elem, "is_undefined_length", False) or len(value) < 16:
+        if not undefined or present < 16:
             raise RejectInstance(DOES_NOT_MATCH_SOP_CLASS, "encapsulated Pixel Data is incomplete")
         return
     expected = (rows * cols * frames * spp * bits + 7) // 8
-    if len(value) < expected:
+    if present < expected:
         raise RejectInstance(
             DOES_NOT_MATCH_SOP_CLASS,
-            f"Pixel Data holds {len(value)} bytes; {rows}x{cols}x{frames} at {bits} bits needs {expected}",
+            f"Pixel Data holds {present} bytes; {rows}x{cols}x{frames} at {bits} bits needs {expected}",
         )
 
 
@@ -163,30 +210,34 @@ class Ingest:
         self.max_instance_bytes = max_instance_bytes
         self.max_attempts = max_attempts
 
-    def receive(self, file_meta: FileMetaDataset, stream: io.BytesIO, *, calling_ae: str | None,
-                peer_host: str | None) -> Outcome:
-        """Check, store durably and queue one instance; return the status to send (never raises)."""
-        sop_class = str(file_meta.MediaStorageSOPClassUID)
-        sop_inst = str(file_meta.MediaStorageSOPInstanceUID)
-        ts = str(file_meta.TransferSyntaxUID)
+    def receive(self, path: Path, *, sop_class: str, sop_instance: str, transfer_syntax: str,
+                calling_ae: str | None, peer_host: str | None) -> Outcome:
+        """Check, store durably and queue one received instance; return the status to send (never raises).
+
+        ``path`` is the instance as received (:mod:`dicom_node.arriving`), in the spool's ``tmp/``;
+        the identifiers are the request's (Affected SOP Class and Instance UID) and the accepted
+        presentation context's transfer syntax. The file is linked into the spool or removed.
+        """
         try:
-            return self._receive(file_meta, stream, sop_class, sop_inst, ts, calling_ae, peer_host)
+            return self._receive(path, sop_class, sop_instance, transfer_syntax, calling_ae, peer_host)
         except RejectInstance as rej:
-            log.warning("C-STORE refused", extra={"sop_instance_uid": sop_inst, "status": f"0x{rej.status:04X}",
+            log.warning("C-STORE refused", extra={"sop_instance_uid": sop_instance, "status": f"0x{rej.status:04X}",
                                                   "reason": rej.reason, "calling_ae": calling_ae})
             return Outcome(rej.status, rej.reason)
         except OSError as exc:
-            log.error("C-STORE failed on storage", extra={"sop_instance_uid": sop_inst,
+            log.error("C-STORE failed on storage", extra={"sop_instance_uid": sop_instance,
                                                           "reason": f"{type(exc).__name__}: {exc.strerror}"})
             return Outcome(OUT_OF_RESOURCES, f"storage error: {exc.strerror}")
+        finally:
+            self.spool.discard(path)  # gone already when it was linked into place
 
-    def _receive(self, file_meta: FileMetaDataset, stream: io.BytesIO, sop_class: str, sop_inst: str,
-                 ts: str, calling_ae: str | None, peer_host: str | None) -> Outcome:
-        size = stream.getbuffer().nbytes
+    def _receive(self, path: Path, sop_class: str, sop_inst: str, ts: str, calling_ae: str | None,
+                 peer_host: str | None) -> Outcome:
+        size = path.stat().st_size
         if size > self.max_instance_bytes:
             raise RejectInstance(OUT_OF_RESOURCES, f"instance of {size} bytes exceeds storage.max_instance_mb")
         free = self.spool.free_bytes()
-        if free - size < self.min_free_bytes:
+        if free < self.min_free_bytes:  # the instance is on this disk already, in tmp/
             log.error("free disk under the floor: refusing instances",
                       extra={"free_mb": free // 2**20, "floor_mb": self.min_free_bytes // 2**20})
             raise RejectInstance(OUT_OF_RESOURCES, "free disk space is under storage.min_free_mb")
@@ -196,17 +247,16 @@ class Ingest:
             log.info("duplicate instance kept once", extra={"sop_instance_uid": sop_inst, "calling_ae": calling_ae})
             return Outcome(SUCCESS, "duplicate", stored=False, duplicate=True)
 
-        ds = parse_dataset(stream, ts)
+        ds = read_received(path, ts)
         check_dataset(ds, sop_class, sop_inst, ts)
         study, series = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
         final = self.spool.path_for(study, sop_inst)
-        temp = self.spool.write_temp(_file_chunks(file_meta, stream, calling_ae))
-        if not self.spool.commit(temp, final):
+        self.spool.sync(path)
+        if not self.spool.commit(path, final):
             # A file under this name and no row: a crash came between link and commit last time.
             if self.store.has_instance(sop_inst):
                 return Outcome(SUCCESS, "duplicate", duplicate=True)
-            temp = self.spool.write_temp(_file_chunks(file_meta, stream, calling_ae))
-            self.spool.commit(temp, final, replace=True)
+            self.spool.commit(path, final, replace=True)
         row = InstanceRow(
             sop_instance_uid=sop_inst, sop_class_uid=sop_class, study_instance_uid=study,
             series_instance_uid=series, modality=str(ds.get("Modality", "")) or None,
@@ -220,16 +270,6 @@ class Ingest:
         log.info("instance stored", extra={"sop_instance_uid": sop_inst, "bytes": row.size,
                                             "calling_ae": calling_ae})
         return Outcome(SUCCESS, "stored", stored=True)
-
-
-def _file_chunks(file_meta: FileMetaDataset, stream: io.BytesIO, calling_ae: str | None) -> list[bytes | memoryview]:
-    """PS3.10 file: preamble, 'DICM', File Meta Information, then the data set exactly as sent."""
-    meta = FileMetaDataset(file_meta)
-    if calling_ae:
-        meta.SourceApplicationEntityTitle = calling_ae
-    buf = DicomBytesIO()
-    write_file_meta_info(buf, meta, enforce_standard=True)
-    return [b"\x00" * 128, b"DICM", buf.getvalue(), stream.getbuffer()]
 
 
 def read_instance(path: Path | str, *, stop_before_pixels: bool = False) -> Dataset:

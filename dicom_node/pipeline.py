@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 
 from dicom_node.config import Config
 from dicom_node.results import NodeIdentity, build_all
-from dicom_node.routing import destinations_for, skip_reason
+from dicom_node.routing import decide, destinations_for
 from dicom_node.spool import Spool
 from dicom_node.store import Store
 from dicom_node.worker import Item, Outcome
@@ -50,7 +50,12 @@ class TwinStep:
 
 
 class RouteStep:
-    """Skip what is not a chest radiograph to analyse, with the reason recorded."""
+    """Skip what is not a chest radiograph to analyse, with the reason recorded.
+
+    What an analysed image's route assumed (chest, frontal view) is not kept on the item: the
+    detection and results steps ask :func:`~dicom_node.routing.decide` again, which is pure and
+    reads the header only, and record it with the analysis and in the SR.
+    """
 
     def __init__(self, cfg: Config, store: Store) -> None:
         self.cfg = cfg
@@ -59,10 +64,10 @@ class RouteStep:
     def __call__(self, batch: Sequence[Item]) -> dict[int, Outcome]:
         out = {}
         for item in batch:
-            reason = skip_reason(item.header, self.cfg.routing)
-            if reason is not None:
-                self.store.record_analysis(item.job.ref, "skipped", reason=reason)
-                out[item.job.id] = Outcome("skipped", reason)
+            route = decide(item.header, self.cfg.routing)
+            if route.skip is not None:
+                self.store.record_analysis(item.job.ref, "skipped", reason=route.skip)
+                out[item.job.id] = Outcome("skipped", route.skip)
         return out
 
 
@@ -152,6 +157,7 @@ class DetectStep:
                 item.job.ref, "analysed", findings=[_finding(d) for d in analysis.detections], model_name=info.name,
                 model_version=info.version, timings_ms=item.timings,
                 opacity_probability=analysis.opacity_probability,
+                assumptions=[str(a) for a in decide(item.header, self.cfg.routing).assumptions],
             )
         return out
 
@@ -179,7 +185,8 @@ class ResultsStep:
             kinds = sorted({k for d in dests for k in d.kinds}) or ["sr", "gsps", "sc"]
             source: Dataset = item.dataset if item.dataset is not None else dcmread(item.row["path"])
             objects = build_all(source, item.detections, self.detect.info, self.node, kinds=kinds,  # type: ignore[arg-type]
-                                ohif=self.cfg.results.ohif, opacity_probability=item.opacity_probability)
+                                ohif=self.cfg.results.ohif, opacity_probability=item.opacity_probability,
+                                assumptions=decide(item.header, self.cfg.routing).assumptions)
             rows: list[dict[str, Any]] = []
             for kind, ds in objects.items():
                 path = self.outbox.path_for(str(ds.StudyInstanceUID), str(ds.SOPInstanceUID))

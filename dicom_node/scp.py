@@ -7,7 +7,6 @@ maximum PDU, TLS. What happens to a received instance is :mod:`dicom_node.ingest
 
 from __future__ import annotations
 
-import io
 import logging
 import ssl
 import threading
@@ -15,6 +14,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 from pydicom.pixels.decoders.base import _PIXEL_DATA_DECODERS, get_decoder
@@ -25,6 +25,7 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from dicom_node.arriving import Arrivals, install
 from dicom_node.config import Config, PeersConfig
 from dicom_node.ingest import Ingest
 from dicom_node.store import Store
@@ -104,6 +105,7 @@ class _AssocStats:
     duplicates: int = 0
     failures: int = 0
     bytes: int = 0
+    cut_off: int = 0  # instances aborted while arriving for passing storage.max_instance_mb
 
 
 def server_ssl_context(cfg: Config) -> ssl.SSLContext | None:
@@ -138,6 +140,8 @@ class Receiver:
         self._db = ThreadPoolExecutor(max_workers=cfg.node.max_associations + 1, thread_name_prefix="receiver-db")
         self.server: ThreadedAssociationServer | None = None
         self.ae = self._build_ae()
+        self.arrivals = Arrivals(ingest.spool.tmp, ingest.max_instance_bytes, on_refused=self._on_cut_off)
+        install(self.ae, self.arrivals)
         self.counters = {"accepted": 0, "rejected": 0, "instances": 0, "bytes": 0}
 
     def _build_ae(self) -> AE:
@@ -170,6 +174,7 @@ class Receiver:
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_RELEASED, self._on_closed),
             (evt.EVT_ABORTED, self._on_closed),
+            (evt.EVT_CONN_CLOSE, self._on_conn_close),
         ]
         try:
             server = self.ae.start_server(
@@ -211,6 +216,7 @@ class Receiver:
     # -- handlers ------------------------------------------------------------------------------
 
     def _on_requested(self, event: evt.Event) -> None:
+        self.arrivals.reap()
         assoc = event.assoc
         rq = cast(A_ASSOCIATE, assoc.requestor.primitive)
         called = str(rq.called_ae_title)
@@ -255,10 +261,18 @@ class Receiver:
     def _on_store(self, event: evt.Event) -> int:
         assoc: Association = event.assoc
         calling = str(assoc.requestor.ae_title).strip()
-        data = cast(io.BytesIO, cast(C_STORE, event.request).DataSet)
-        size = data.getbuffer().nbytes
-        outcome = self._db.submit(self.ingest.receive, event.file_meta, data, calling_ae=calling,
-                                  peer_host=str(assoc.requestor.address)).result()
+        request = cast(C_STORE, event.request)
+        path = Path(event.dataset_path)  # written by arriving.Arrivals as the data set came in
+        self.arrivals.taken(assoc, path)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:  # cut off for its size while arriving; the association is aborted
+            return 0xA700
+        outcome = self._db.submit(
+            self.ingest.receive, path, sop_class=str(request.AffectedSOPClassUID),
+            sop_instance=str(request.AffectedSOPInstanceUID), transfer_syntax=str(event.context.transfer_syntax),
+            calling_ae=calling, peer_host=str(assoc.requestor.address),
+        ).result()
         with self._stats_lock:
             st = self._stats.get(id(assoc))
             if st is not None:
@@ -274,7 +288,18 @@ class Receiver:
             self.counters["bytes"] += size
         return outcome.status
 
+    def _on_cut_off(self, assoc: Association, size: int) -> None:
+        with self._stats_lock:
+            st = self._stats.get(id(assoc))
+            if st is not None:
+                st.cut_off += 1
+                st.failures += 1
+
+    def _on_conn_close(self, event: evt.Event) -> None:
+        self.arrivals.ended(event.assoc)  # a connection lost mid-instance: remove the partial file
+
     def _on_closed(self, event: evt.Event) -> None:
+        self.arrivals.ended(event.assoc)
         with self._stats_lock:
             st = self._stats.pop(id(event.assoc), None)
         if st is None:
@@ -284,7 +309,8 @@ class Receiver:
         self._audit(
             "association", str(requestor.ae_title), str(requestor.address), outcome,
             {"instances": st.instances, "duplicates": st.duplicates, "failures": st.failures,
-             "bytes": st.bytes, "seconds": round(time.time() - st.started, 3)},
+             "bytes": st.bytes, "seconds": round(time.time() - st.started, 3)}
+            | ({"cut_off_over_max_instance_mb": st.cut_off} if st.cut_off else {}),
         )
 
     def _audit(self, event: str, ae: str, host: str, outcome: str, detail: dict[str, Any]) -> None:

@@ -1,5 +1,8 @@
 """Durable instance files: write to a temporary file, fsync, then link into place and fsync the folder.
 
+The receiver's instances arrive straight into ``tmp/`` (:mod:`dicom_node.arriving`); results are
+written there by :meth:`Spool.write_temp`.
+
 A file is either absent or complete under its final name: a crash mid-write leaves only a temporary
 file, which :meth:`Spool.sweep` removes at the next start. The final name is derived from UIDs that
 the receiver has checked (digits and dots only), so no peer can choose a path.
@@ -58,11 +61,19 @@ class Spool:
             raise
         return Path(name)
 
+    def sync(self, temp: Path) -> None:
+        """fsync a temporary file written by someone else (the receiver's arriving instance)."""
+        fd = os.open(temp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
     def commit(self, temp: Path, final: Path, *, replace: bool = False) -> bool:
         """Move a fsynced temporary file to its final name durably.
 
-        Returns False when ``final`` already exists and ``replace`` is False (the temp file is removed):
-        the first complete copy of an instance wins.
+        Returns False when ``final`` already exists and ``replace`` is False (the temp file stays,
+        for the caller to replace with or discard): the first complete copy of an instance wins.
         """
         folder = final.parent
         if not folder.exists():
@@ -75,7 +86,6 @@ class Spool:
                 os.link(temp, final)
                 temp.unlink()
         except FileExistsError:
-            temp.unlink(missing_ok=True)
             return False
         _fsync_dir(folder)
         return True

@@ -25,7 +25,7 @@ from typing import Any
 import sqlite_utils
 
 JOB_STATES = ("queued", "running", "done", "skipped", "failed")
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -81,6 +81,7 @@ CREATE TABLE IF NOT EXISTS analyses (
     model_version TEXT,
     n_findings INTEGER NOT NULL DEFAULT 0,
     opacity_probability REAL,
+    assumptions TEXT,
     preprocess_ms REAL,
     inference_ms REAL,
     total_ms REAL,
@@ -182,6 +183,16 @@ def _migrate(conn: sqlite3.Connection) -> None:
     columns = {r[1] for r in conn.execute("PRAGMA table_info(analyses)")}
     if "opacity_probability" not in columns:  # version 1 -> 2: the image-level answer
         conn.execute("ALTER TABLE analyses ADD COLUMN opacity_probability REAL")
+    if "assumptions" not in columns:  # version 2 -> 3: what was assumed for an unlabelled film
+        conn.execute("ALTER TABLE analyses ADD COLUMN assumptions TEXT")
+
+
+def _analysis_row(row: sqlite3.Row | dict[str, Any]) -> dict[str, Any]:
+    """An analyses row as callers see it: ``assumptions`` a list of sentences ([] when none)."""
+    out = dict(row)
+    if "assumptions" in out:
+        out["assumptions"] = json.loads(out["assumptions"]) if out["assumptions"] else []
+    return out
 
 
 class Store:
@@ -476,8 +487,12 @@ class Store:
     def record_analysis(self, sop_instance_uid: str, outcome: str, *, reason: str | None = None,
                         findings: Sequence[dict[str, Any]] = (), model_name: str | None = None,
                         model_version: str | None = None, timings_ms: dict[str, float] | None = None,
-                        opacity_probability: float | None = None) -> None:
-        """Replace this instance's analysis and findings (idempotent: a redo after a crash overwrites)."""
+                        opacity_probability: float | None = None, assumptions: Sequence[str] = ()) -> None:
+        """Replace this instance's analysis and findings (idempotent: a redo after a crash overwrites).
+
+        ``assumptions`` are the sentences routing recorded for a film whose header left body part or
+        view empty (``dicom_node.results.Assumption``), kept as a JSON list.
+        """
         now = time.time()
         t = timings_ms or {}
         with self.transaction() as conn:
@@ -490,16 +505,17 @@ class Store:
             )
             conn.execute(
                 "INSERT OR REPLACE INTO analyses (sop_instance_uid, outcome, reason, model_name, model_version,"
-                " n_findings, opacity_probability, preprocess_ms, inference_ms, total_ms, analysed_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                " n_findings, opacity_probability, assumptions, preprocess_ms, inference_ms, total_ms, analysed_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (sop_instance_uid, outcome, reason, model_name, model_version, len(findings), opacity_probability,
+                 json.dumps(list(assumptions)) if assumptions else None,
                  t.get("preprocess"), t.get("inference"), t.get("total"), now),
             )
 
     def analysis(self, sop_instance_uid: str) -> dict[str, Any] | None:
-        """This instance's analysis row (outcome, reason, model, opacity probability, timings)."""
+        """This instance's analysis row (outcome, reason, model, opacity probability, assumptions, timings)."""
         row = self.conn().execute("SELECT * FROM analyses WHERE sop_instance_uid = ?", (sop_instance_uid,)).fetchone()
-        return dict(row) if row else None
+        return _analysis_row(row) if row else None
 
     def findings(self, sop_instance_uid: str) -> list[dict[str, Any]]:
         return [dict(r) for r in self.conn().execute(
@@ -570,10 +586,10 @@ class Store:
         for inst in conn.execute(
             "SELECT i.sop_instance_uid, i.sop_class_uid, i.modality, i.calling_ae, i.received_at,"
             " a.outcome, a.reason, a.model_name, a.model_version, a.n_findings, a.opacity_probability,"
-            " a.inference_ms, a.total_ms"
+            " a.assumptions, a.inference_ms, a.total_ms"
             " FROM instances i LEFT JOIN analyses a USING (sop_instance_uid)"
             " WHERE i.study_instance_uid = ? ORDER BY i.received_at", (study_instance_uid,)):
-            item = dict(inst)
+            item = _analysis_row(inst)
             item["findings"] = [{k: f[k] for k in ("x0", "y0", "x1", "y1", "score", "label")}
                                 for f in self.findings(inst["sop_instance_uid"])]
             item["results"] = []

@@ -10,8 +10,9 @@ from pathlib import Path
 import highdicom as hd
 import pydicom
 import pytest
+from pydicom.uid import generate_uid
 
-from dicom_node.testing import NodeProcess, OrthancProcess, free_port, require, storescu, tool
+from dicom_node.testing import NodeProcess, OrthancProcess, free_port, require, storescu, tool, wait_for
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"   # Comprehensive 3D SR
 GSPS_CLASS = "1.2.840.10008.5.1.4.1.1.11.1"  # Grayscale Softcopy Presentation State
@@ -97,6 +98,76 @@ def test_rsna_sample_results_arrive_in_orthanc_valid_and_referencing(
     assert {r["kind"] for r in inst["results"]} == {"sr", "gsps", "sc"}
     assert all(d["state"] == "delivered" and d["destination"] == "pacs"
                for r in inst["results"] for d in r["deliveries"])
+
+
+def _unlabelled_dx(src: Path, dest: Path, study_uid: str, **changes: str) -> Path:
+    """A real RSNA radiograph as de-identified, converted chest films arrive (issue 11): a Secondary
+    Capture with Modality DX that names neither body part nor view; ``changes`` label it again."""
+    ds = pydicom.dcmread(src)
+    ds.Modality = "DX"
+    del ds.BodyPartExamined, ds.ViewPosition
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study_uid, generate_uid(), generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    for keyword, value in changes.items():
+        setattr(ds, keyword, value)
+    ds.save_as(dest, enforce_file_format=True)
+    return dest
+
+
+def test_unlabelled_dx_is_analysed_as_a_frontal_chest_and_says_so(
+        node_factory: type[NodeProcess], orthanc: OrthancProcess, dcmtk: None, dciodvfy: str,
+        rsna: list[Path], tmp_path: Path) -> None:
+    study = str(generate_uid())
+    unlabelled = _unlabelled_dx(rsna[0], tmp_path / "unlabelled.dcm", study)
+    lateral = _unlabelled_dx(rsna[0], tmp_path / "lateral.dcm", study, ViewPosition="LL")
+    admin = free_port()
+    node = node_factory(destinations=[orthanc.destination()], admin={"enabled": True, "port": admin}).start()
+    assert storescu(node.port, [unlabelled, lateral]).returncode == 0
+    node.wait_jobs_settled(2, timeout_s=600)
+    _wait_delivered(node, expected=3)
+    assumed = ["chest assumed, not read: Body Part Examined is empty",
+               "frontal view assumed, not read: View Position is empty"]
+
+    # What the command shows: the unlabelled film analysed with both assumptions, the lateral skipped.
+    shown = {i["sop_instance_uid"]: i for i in json.loads(node.cli("results", study, "--json").stdout)["instances"]}
+    analysed = shown[str(pydicom.dcmread(unlabelled, stop_before_pixels=True).SOPInstanceUID)]
+    skipped = shown[str(pydicom.dcmread(lateral, stop_before_pixels=True).SOPInstanceUID)]
+    assert analysed["outcome"] == "analysed" and analysed["assumptions"] == assumed
+    assert {r["kind"] for r in analysed["results"]} == {"sr", "gsps", "sc"}
+    assert (skipped["outcome"], skipped["reason"], skipped["assumptions"]) == \
+        ("skipped", "view LL is not analysed (routing.views)", [])
+    text = " ".join(node.cli("results", study).stdout.split())  # as read, whatever the terminal width
+    assert all(sentence in text for sentence in assumed), text
+    assert "skipped (view LL is not analysed (routing.views))" in text
+    # ... and the admin console's study page and API
+    page = _get(f"http://127.0.0.1:{admin}/studies/{study}")
+    assert all(sentence in page for sentence in assumed), page
+    api = json.loads(_get(f"http://127.0.0.1:{admin}/api/studies/{study}"))
+    assert sorted(len(i["assumptions"]) for i in api["instances"]) == [0, 2]
+
+    # The SR in the PACS states them in the source's Image Library entry, and dciodvfy accepts it.
+    [sr_uid] = [r["sop_instance_uid"] for r in analysed["results"] if r["kind"] == "sr"]
+    [found] = json.loads(_post(orthanc, "/tools/lookup", sr_uid))
+    path = tmp_path / "sr.dcm"
+    path.write_bytes(orthanc.get(f"/instances/{found['ID']}/file"))
+    sr = pydicom.dcmread(path)
+    library = next(i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeMeaning == "Image Library")
+    [image] = library.ContentSequence[0].ContentSequence
+    assert [str(i.TextValue) for i in image.ContentSequence
+            if i.ConceptNameCodeSequence[0].CodeMeaning == "Comment"] == assumed
+    assert _dciodvfy_errors(path) == []
+
+
+def _get(url: str) -> str:
+    import urllib.request
+
+    def answer() -> str | None:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as rsp:
+                return str(rsp.read().decode())
+        except OSError:
+            return None  # the admin console is still starting
+    return wait_for(url, answer, timeout_s=60)
 
 
 def _post(orthanc: OrthancProcess, path: str, body: str) -> str:

@@ -18,6 +18,7 @@ from pynetdicom import AE, build_context
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.sop_class import RTPlanStorage  # type: ignore[attr-defined]
 
+from dicom_node.store import Store
 from dicom_node.testing import NodeProcess, free_port, storescu
 
 PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
@@ -50,11 +51,19 @@ def test_storescu_sends_the_rsna_sample_and_every_job_finishes(node: NodeProcess
     assert st["jobs"]["failed"] == 0
     files = [p for p in _spooled(node) if p.suffix == ".dcm"]
     assert len(files) == 9
-    # Stored as sent: still JPEG Baseline, pixel data decodable, and the sender's AE in the file meta.
+    # Stored as sent: still JPEG Baseline, the very fragments the modality sent, decodable; the
+    # sender's AE title is on the instance's row.
     ds = pydicom.dcmread(files[0])
     assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.50"
-    assert ds.file_meta.SourceApplicationEntityTitle == "MODALITY1"
+    sent = {str(s.SOPInstanceUID): s for s in map(pydicom.dcmread, rsna)}
+    assert ds.PixelData == sent[str(ds.SOPInstanceUID)].PixelData
     assert ds.pixel_array.shape == (1024, 1024)
+    store = Store(node.storage / "node.db")
+    try:
+        callers = {r[0] for r in store.conn().execute("SELECT calling_ae FROM instances")}
+    finally:
+        store.close()
+    assert callers == {"MODALITY1"}
     # No patient data in the log: the RSNA patient IDs are the file names.
     log = node.log_text() + (node.storage / "logs" / "node.jsonl").read_text()
     for f in rsna:

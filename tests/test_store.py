@@ -6,7 +6,7 @@ import threading
 import time
 from pathlib import Path
 
-from dicom_node.store import Store
+from dicom_node.store import SCHEMA_VERSION, Store
 
 
 def test_lease_expiry_gives_the_job_to_another_worker(tmp_path: Path) -> None:
@@ -117,12 +117,43 @@ def test_a_version_1_database_gains_the_image_level_probability_in_place(tmp_pat
     old.close()
     store = Store(path)
     conn = store.conn()
-    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "2"
+    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
     assert conn.execute("SELECT opacity_probability FROM analyses WHERE sop_instance_uid='1.2.3'").fetchone()[0] is None
     store.record_analysis("1.2.4", "analysed", opacity_probability=0.83)
     assert conn.execute("SELECT opacity_probability FROM analyses WHERE sop_instance_uid='1.2.4'").fetchone()[0] == 0.83
     store.close()
     Store(path).close()  # opening again changes nothing
+
+
+def test_a_version_2_database_gains_the_assumptions_in_place(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "node.db"
+    old = sqlite3.connect(path)  # the analyses table as version 2 wrote it, with one analysis
+    old.executescript(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        "INSERT INTO meta VALUES ('schema_version', '2');"
+        "CREATE TABLE analyses (sop_instance_uid TEXT PRIMARY KEY, outcome TEXT NOT NULL, reason TEXT,"
+        " model_name TEXT, model_version TEXT, n_findings INTEGER NOT NULL DEFAULT 0, opacity_probability REAL,"
+        " preprocess_ms REAL, inference_ms REAL, total_ms REAL, analysed_at REAL NOT NULL);"
+        "INSERT INTO analyses (sop_instance_uid, outcome, opacity_probability, analysed_at)"
+        " VALUES ('1.2.3', 'analysed', 0.4, 0);"
+    )
+    old.commit()
+    old.close()
+    store = Store(path)
+    assert store.meta("schema_version") == "3" == str(SCHEMA_VERSION)
+    before = store.analysis("1.2.3")
+    assert before is not None and before["assumptions"] == [] and before["opacity_probability"] == 0.4
+    said = ["chest assumed, not read: Body Part Examined is empty",
+            "frontal view assumed, not read: View Position is empty"]
+    store.record_analysis("1.2.4", "analysed", opacity_probability=0.7, assumptions=said)
+    after = store.analysis("1.2.4")
+    assert after is not None and after["assumptions"] == said
+    store.close()
+    again = Store(path)  # opening again changes nothing
+    assert again.analysis("1.2.4")["assumptions"] == said  # type: ignore[index]
+    again.close()
 
 
 def test_heartbeat_keeps_a_short_lease_alive_and_a_dead_holder_loses_it(tmp_path: Path) -> None:

@@ -172,7 +172,7 @@ def results(
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Each image of a study: its analysis, findings, and which result went where."""
+    """Each image of a study: its analysis, findings, what was assumed, and which result went where."""
     from dicom_node.store import Store
 
     cfg = get_config(config)
@@ -193,6 +193,8 @@ def results(
         if inst["outcome"] == "analysed":
             if inst.get("opacity_probability") is not None:
                 console.print(f"  opacity probability (image) {inst['opacity_probability']:.2f}")
+            for assumption in inst.get("assumptions") or []:
+                console.print(f"  [yellow]{assumption}[/]", highlight=False)
             if inst["findings"]:
                 ft = Table("box x0,y0,x1,y1 (source pixels)", "score", "label")
                 for f in inst["findings"]:

@@ -16,28 +16,21 @@ from pydicom.dataset import Dataset
 
 from models.detection import Detection, ModelInfo
 
-from .common import (
+from .codes import ihe_coding_scheme
+from .display import NO_FINDING_TEXT, auto_window, has_voi, modality_pixels
+from .geometry import box_polyline, score_text
+from .identity import (
     DEFAULT_SERIES_NUMBERS,
-    NO_FINDING_TEXT,
     SERIES_DESCRIPTIONS,
     NodeIdentity,
     algorithm_equipment,
-    auto_window,
-    body_part_examined,
-    box_polyline,
-    check_inputs,
     check_series_number,
-    copy_patient_study,
     fresh_uid,
     general_equipment,
-    has_voi,
-    ihe_coding_scheme,
-    modality_pixels,
-    no_patient_data_in_logs,
-    score_text,
     series_uid,
-    source_header,
 )
+from .logsafe import no_patient_data_in_logs
+from .source import body_part_examined, check_inputs, copy_patient_study, source_header
 
 #: Graphic Layer (CS, at most 16 characters) holding every annotation of the node.
 LAYER_NAME = "AI_OPACITY"

@@ -1,7 +1,7 @@
 """The detections of one radiograph burned into a Secondary Capture image.
 
 PS3.3 A.8.1 SC Image: the source as a viewer shows it (Modality LUT, VOI window or LUT,
-MONOCHROME1 inverted; see :func:`common.display_pixels`), in 8-bit RGB so that the boxes can be
+MONOCHROME1 inverted; see :func:`display.display_pixels`), in 8-bit RGB so that the boxes can be
 coloured, with each box and its score drawn in, a banner "AI RESULT — NOT FOR PRIMARY DIAGNOSIS"
 with the model and its version, and "no opacity detected" on a negative image. It keeps the
 source's pixel grid, study and patient, lives in its own series, references the source in Source
@@ -20,27 +20,21 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from models.detection import Detection, ModelInfo
 
-from .common import (
-    BANNER_TEXT,
+from .codes import SOURCE_FOR_PROCESSING, ihe_coding_scheme
+from .display import BANNER_TEXT, NO_FINDING_TEXT, display_pixels
+from .geometry import score_text
+from .identity import (
     DEFAULT_SERIES_NUMBERS,
-    NO_FINDING_TEXT,
     SERIES_DESCRIPTIONS,
-    SOURCE_FOR_PROCESSING,
     NodeIdentity,
     algorithm_equipment,
-    body_part_examined,
-    check_inputs,
     check_series_number,
-    copy_patient_study,
-    display_pixels,
     fresh_uid,
     general_equipment,
-    ihe_coding_scheme,
-    no_patient_data_in_logs,
-    score_text,
     series_uid,
-    source_header,
 )
+from .logsafe import no_patient_data_in_logs
+from .source import body_part_examined, check_inputs, copy_patient_study, source_header
 
 BOX_COLOR = (255, 221, 0)  # yellow, as the GSPS layer's recommended colour
 TEXT_COLOR = (255, 255, 255)

@@ -7,7 +7,9 @@ algorithm identification. One TID 1501 group on the whole image gives the image-
 "Abnormal opacity: Present" or "Absent" (at the model's threshold) with the model's probability that
 an opacity is present as a Certainty of Finding, so a worklist can sort by it; an image without
 finding always gets this explicit negative. The observer is the node as a device (TID 1004); the
-algorithm is also recorded in Contributing Equipment as IHE AI Results (AIR) asks.
+algorithm is also recorded in Contributing Equipment as IHE AI Results (AIR) asks. The Image
+Library entry of the source says what it was analysed as (Target Region, Image View) and, for an
+unlabelled film, that the chest and frontal view were assumed, not read (see :func:`_image_library`).
 """
 
 from __future__ import annotations
@@ -20,32 +22,35 @@ from pydicom.sr.codedict import codes
 
 from models.detection import Detection, ModelInfo
 
-from .common import (
+from .assumptions import Assumption, check_assumptions
+from .codes import (
     ABSENT,
     CERTAINTY_OF_FINDING,
+    CHEST,
     CHEST_XRAY,
-    DEFAULT_SERIES_NUMBERS,
+    FRONTAL,
+    IMAGE_VIEWS,
     LUNG,
     MORPHOLOGICALLY_ABNORMAL,
     OPACITY,
     PRESENT,
     PROBABILITY,
+    ihe_coding_scheme,
+)
+from .geometry import box_polyline, laterality
+from .identity import (
+    DEFAULT_SERIES_NUMBERS,
     SERIES_DESCRIPTIONS,
     NodeIdentity,
     algorithm_equipment,
     algorithm_parameters,
-    box_polyline,
-    check_inputs,
     check_series_number,
-    copy_patient_study,
     fresh_uid,
     general_equipment,
-    ihe_coding_scheme,
-    laterality,
-    no_patient_data_in_logs,
     series_uid,
-    source_header,
 )
+from .logsafe import no_patient_data_in_logs
+from .source import check_inputs, copy_patient_study, source_header
 
 #: Geometric purpose of the region (CID 219): the polyline bounds the finding, it is no outline.
 BOUNDED_BY = hd.sr.CodedConcept("75958009", "SCT", "Bounded by")
@@ -93,23 +98,40 @@ def _coded_modality(header: Dataset) -> hd.sr.CodedConcept:
     return hd.sr.CodedConcept(modality, "DCM", modality)
 
 
-def _image_library(header: Dataset) -> hd.sr.ContainerContentItem:
+def _image_library(header: Dataset, assumptions: Sequence[Assumption] = ()) -> hd.sr.ContainerContentItem:
     """TID 1600 Image Library with the source (TID 1601, TID 1602, TID 1603 descriptors).
 
     Built here rather than by highdicom, which requires Patient Orientation and Imager Pixel
     Spacing of every CR/DX image; a descriptor the source lacks is left out (all are optional).
     OHIF's SR viewport reads the referenced images from this library.
+
+    Target Region (TID 1602 row 2) and Image View (TID 1603 row 1) say what the image was analysed
+    as: read from Body Part Examined CHEST (PS3.16 Annex L) and View Position, or, for a source
+    whose header leaves them empty, the chest and frontal view routing assumed. Each assumption is
+    then stated beside them as a TEXT (121106, DCM, "Comment") descriptor, HAS ACQ CONTEXT of the
+    image like the other descriptors (TID 1600-1602 are extensible), so a reader sees that the
+    value was assumed, not read.
     """
     acq = hd.sr.RelationshipTypeValues.HAS_ACQ_CONTEXT
     pixels = hd.sr.CodedConcept("{pixels}", "UCUM", "Pixels")
     descriptors: list[hd.sr.ContentItem] = [
         hd.sr.CodeContentItem(name=codes.DCM.Modality, value=_coded_modality(header),
                               relationship_type=acq),
+    ]
+    body = str(header.get("BodyPartExamined", "") or "").strip().upper()
+    if body == "CHEST" or Assumption.CHEST in assumptions:
+        descriptors.append(hd.sr.CodeContentItem(name=codes.DCM.TargetRegion, value=CHEST, relationship_type=acq))
+    descriptors += [
         hd.sr.NumContentItem(name=codes.DCM.PixelDataRows, value=int(header.Rows), unit=pixels,
                              relationship_type=acq),
         hd.sr.NumContentItem(name=codes.DCM.PixelDataColumns, value=int(header.Columns),
                              unit=pixels, relationship_type=acq),
     ]
+    view = IMAGE_VIEWS.get(str(header.get("ViewPosition", "") or "").strip().upper())
+    if view is None and Assumption.FRONTAL in assumptions:
+        view = FRONTAL
+    if view is not None:
+        descriptors.append(hd.sr.CodeContentItem(name=codes.DCM.ImageView, value=view, relationship_type=acq))
     orientation = header.get("PatientOrientation")
     if orientation and len(orientation) == 2 and all(str(v) for v in orientation):
         descriptors += [
@@ -126,6 +148,8 @@ def _image_library(header: Dataset) -> hd.sr.ContainerContentItem:
             hd.sr.NumContentItem(name=codes.DCM.VerticalPixelSpacing, value=float(spacing[0]),
                                  unit=codes.UCUM.Millimeter, relationship_type=acq),
         ]
+    descriptors += [hd.sr.TextContentItem(name=codes.DCM.Comment, value=str(a), relationship_type=acq)
+                    for a in assumptions]
     image = hd.sr.ImageContentItem(
         name=hd.sr.CodedConcept("260753009", "SCT", "Source"),
         referenced_sop_class_uid=header.SOPClassUID,
@@ -220,6 +244,7 @@ def build_sr(
     instance_number: int = 1,
     ohif: bool = False,
     opacity_probability: float | None = None,
+    assumptions: Sequence[Assumption] = (),
 ) -> hd.sr.Comprehensive3DSR:
     """Comprehensive 3D SR (PS3.3 A.35.13) holding a PS3.16 TID 1500 Measurement Report of the
     detections on ``source``, in the source's study and the node's SR series for it.
@@ -228,11 +253,14 @@ def build_sr(
     (see :func:`tracking_identifier`); the structure OHIF needs (Image Library, a tracking UID in
     every group) is always written. ``opacity_probability`` (0..1) is the model's image-level
     answer; with it the image-level group is written whether or not there are findings.
+    ``assumptions`` are what routing took for granted because the source's header left it empty
+    (chest, frontal view): coded and stated in the Image Library entry (:func:`_image_library`).
     """
     if opacity_probability is not None and not 0.0 <= float(opacity_probability) <= 1.0:
         raise ValueError(f"opacity_probability must lie in [0, 1], got {opacity_probability}")
     check_inputs(source, detections, model, node)
     check_series_number(series_number)
+    assumed = check_assumptions(source, assumptions)
     header = source_header(source)
 
     algorithm = hd.sr.AlgorithmIdentification(
@@ -258,7 +286,7 @@ def build_sr(
     )
     # TID 1500 row order: ..., Procedure Reported, Image Library, Imaging Measurements
     root_items = report[0].ContentSequence
-    root_items.insert(len(root_items) - 1, _image_library(header))
+    root_items.insert(len(root_items) - 1, _image_library(header, assumed))
 
     # SR Document Series, SR Document General, SOP Common (highdicom), from the checked header
     sr = hd.sr.Comprehensive3DSR(

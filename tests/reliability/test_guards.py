@@ -44,16 +44,25 @@ def guarded(node_factory: type[NodeProcess], dcmtk: None) -> Iterator[NodeProces
                        peers={"rate_limit_per_min": 5}, worker={"threads": 0}).start()
 
 
-def test_instance_over_max_size_is_refused_out_of_resources(guarded: NodeProcess, tmp_path: Path) -> None:
+def test_instance_over_max_size_is_cut_off_while_arriving(guarded: NodeProcess, tmp_path: Path) -> None:
     small = write_radiographs(tmp_path / "small", 1, SEED, size=256)      # ~130 KB
-    large = write_radiographs(tmp_path / "large", 1, SEED, size=1024)     # ~2 MB, over 1 MB
+    large = write_radiographs(tmp_path / "large", 1, SEED, size=4096)     # ~33 MB, over 1 MB
     res = storescu(guarded.port, [*small, *large], extra=["-v"])
     out = res.stdout + res.stderr
+    assert res.returncode != 0
     assert out.count("Received Store Response (Success)") == 1, out
-    assert "Refused: OutOfResources" in out, out
+    # Cut off while it was arriving: the node aborts the association (PS3.8 A-ABORT) rather than
+    # take 33 MB to answer 0xA700 at the end.
+    assert "Store Failed" in out and "Peer Aborted Association" in out, out
     assert query(guarded, "SELECT COUNT(*) FROM instances")[0][0] == 1
     assert len(spool_files(guarded)) == 1  # no file, no temporary, for the refused one
-    assert "exceeds storage.max_instance_mb" in guarded.log_text()
+    assert "larger than storage.max_instance_mb while arriving" in guarded.log_text()
+    audit = query(guarded, "SELECT outcome, detail FROM audit WHERE event = 'association'")
+    assert [o for o, _ in audit] == ["aborted"]
+    assert '"cut_off_over_max_instance_mb": 1' in audit[0][1]
+    # The node serves the next sender as before.
+    again = storescu(guarded.port, write_radiographs(tmp_path / "again", 1, SEED + 1, size=256))
+    assert again.returncode == 0, again.stderr
 
 
 def test_association_over_the_limit_is_rejected_transient_local_limit(guarded: NodeProcess) -> None:

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from dicom_node.results.common import NodeIdentity
+from dicom_node.results.identity import NodeIdentity
 from models.detection import Detection, ModelInfo
 
 from .support import MODEL, NODE, RSNA, missing, rsna_labels

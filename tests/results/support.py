@@ -1,9 +1,11 @@
 """Sources and detections for the result-object tests.
 
 Sources: the nine real RSNA radiographs (shared/data/rsna-cxr-sample), a real CR from pydicom's
-test files (MONOCHROME1, 12 bit, rescale and window; pydicom 3 no longer ships "CR_small.dcm"), and
+test files (MONOCHROME1, 12 bit, rescale and window; pydicom 3 no longer ships "CR_small.dcm"),
 two constructed DX sources (MONOCHROME1 16 bit with window; MONOCHROME2 12 bit lateral without
-any VOI). Detections are the RSNA challenge's own boxes from labels.csv.
+any VOI), and an RSNA radiograph made unlabelled (Secondary Capture, Modality DX, no body part, no
+view), whose results carry the chest and frontal view routing assumes. Detections are the RSNA
+challenge's own boxes from labels.csv.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 
-from dicom_node.results import build_all
-from dicom_node.results.common import NodeIdentity
+from dicom_node.results import Assumption, build_all
+from dicom_node.results.identity import NodeIdentity
 from dicom_node.testing import RSNA_DIR, require
 from models.detection import Detection, ModelInfo
 
@@ -137,7 +139,19 @@ def constructed_dx(*, monochrome1: bool = True) -> Dataset:
 
 
 SOURCE_NAMES: list[str] = [f"rsna-{p.stem[:8]}" for p in rsna_files()] or ["rsna-missing"]
-SOURCE_NAMES += ["cr-agfa", "dx-mono1-16bit", "dx-lateral-novoi", "dx-voilut"]
+SOURCE_NAMES += ["cr-agfa", "dx-mono1-16bit", "dx-lateral-novoi", "dx-voilut", "sc-dx-unlabelled"]
+
+#: What routing assumes for a source (the unlabelled film: chest and frontal view); none for the rest.
+ASSUMED: dict[str, tuple[Assumption, ...]] = {"sc-dx-unlabelled": (Assumption.CHEST, Assumption.FRONTAL)}
+
+
+def unlabelled_dx(path: Path) -> Dataset:
+    """A real RSNA radiograph as de-identified, converted chest films arrive: a Secondary Capture with
+    Modality DX that names neither body part nor view (the issue 11 COVID collection's DX)."""
+    ds = pydicom.dcmread(path)
+    ds.Modality = "DX"
+    del ds.BodyPartExamined, ds.ViewPosition
+    return ds
 
 
 def load(name: str) -> tuple[Dataset, list[Detection]]:
@@ -158,6 +172,12 @@ def load(name: str) -> tuple[Dataset, list[Detection]]:
         ]
     if name == "dx-lateral-novoi":
         return constructed_dx(monochrome1=False), []
+    if name == "sc-dx-unlabelled":
+        if RSNA is None:
+            missing("shared/data/rsna-cxr-sample")
+        labels = rsna_labels()
+        path = next(p for p in rsna_files() if labels[p.stem])
+        return unlabelled_dx(path), labels[path.stem]
     if name == "dx-voilut":
         return with_voi_lut(constructed_dx(monochrome1=False)), [
             Detection(box=(20, 40, 120, 300), score=0.71)
@@ -183,4 +203,5 @@ def built(name: str) -> tuple[Dataset, list[Detection], dict[str, Dataset]]:
     gives: its best box, or a low score below the threshold for a negative), built once per session."""
     source, detections = load(name)
     probability = max((d.score for d in detections), default=0.12)
-    return source, detections, build_all(source, detections, MODEL, NODE, opacity_probability=probability)
+    return source, detections, build_all(source, detections, MODEL, NODE, opacity_probability=probability,
+                                         assumptions=ASSUMED.get(name, ()))

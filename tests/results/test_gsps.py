@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dicom_node.results.common import NO_FINDING_TEXT, box_polyline
+from dicom_node.results.display import NO_FINDING_TEXT
+from dicom_node.results.geometry import box_polyline
 from dicom_node.results.gsps import LAYER_NAME, build_gsps
 
 from .support import MODEL, NODE, built, load, source_names

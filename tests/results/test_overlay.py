@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from dicom_node.results.common import display_pixels, source_header
+from dicom_node.results.display import display_pixels
 from dicom_node.results.overlay import BOX_COLOR, build_overlay
+from dicom_node.results.source import source_header
 
 from .support import MODEL, NODE, built, load, source_names
 

@@ -10,7 +10,9 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from dicom_node.results.common import LEFT, RIGHT, box_polyline
+from dicom_node.results import Assumption
+from dicom_node.results.codes import LEFT, RIGHT
+from dicom_node.results.geometry import box_polyline
 from dicom_node.results.sr import build_sr
 from models.detection import Detection
 
@@ -136,3 +138,53 @@ def test_ohif_mode_writes_algorithm_tracking_identifiers() -> None:
     assert group.ConceptNameCodeSequence[0].CodeValue == "126200"
     assert group.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == \
         source.SOPInstanceUID
+
+
+def _library_entry(sr: Dataset) -> dict[str, list[str]]:
+    """The source's Image Library entry (TID 1601/1602/1603) as {concept meaning: [values]}: codes by
+    meaning, text as written."""
+    library = next(i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "111028")
+    [image] = library.ContentSequence[0].ContentSequence
+    entry: dict[str, list[str]] = {}
+    for item in image.ContentSequence:
+        assert item.RelationshipType == "HAS ACQ CONTEXT"
+        name = item.ConceptNameCodeSequence[0].CodeMeaning
+        if item.ValueType == "CODE":
+            value = item.ConceptCodeSequence[0]
+            entry.setdefault(name, []).append(f"{value.CodeValue} {value.CodingSchemeDesignator} {value.CodeMeaning}")
+        elif item.ValueType == "TEXT":
+            entry.setdefault(name, []).append(str(item.TextValue))
+    return entry
+
+
+def test_unlabelled_film_says_chest_and_frontal_view_were_assumed_not_read() -> None:
+    source, _, results = built("sc-dx-unlabelled")
+    assert "BodyPartExamined" not in source and "ViewPosition" not in source and source.Modality == "DX"
+    entry = _library_entry(reread(results["sr"]))
+    assert entry["Modality"] == ["DX DCM Digital Radiography"]
+    assert entry["Target Region"] == ["816094009 SCT Chest"]
+    assert entry["Image View"] == ["399033003 SCT frontal"]
+    assert entry["Comment"] == [
+        "chest assumed, not read: Body Part Examined is empty",
+        "frontal view assumed, not read: View Position is empty",
+    ]
+
+
+def test_labelled_film_has_its_region_and_view_read_and_no_comment() -> None:
+    # RSNA: Body Part Examined CHEST, View Position AP
+    entry = _library_entry(reread(built("rsna-00436515")[2]["sr"]))
+    assert entry["Target Region"] == ["816094009 SCT Chest"]
+    assert entry["Image View"] == ["399348003 SCT antero-posterior"]
+    assert "Comment" not in entry
+    # constructed lateral: CHEST, LL
+    source, _ = load("dx-lateral-novoi")
+    entry = _library_entry(reread(build_sr(source, [], MODEL, NODE)))
+    assert entry["Image View"] == ["399173006 SCT left lateral"] and "Comment" not in entry
+
+
+def test_an_assumption_the_header_contradicts_is_refused() -> None:
+    source, _ = load("dx-mono1-16bit")  # View Position PA
+    with pytest.raises(ValueError, match=r"assumptions\[0\] is FRONTAL, but source.ViewPosition is not empty"):
+        build_sr(source, [], MODEL, NODE, assumptions=[Assumption.FRONTAL])
+    with pytest.raises(TypeError, match=r"assumptions\[0\] must be an Assumption, got str"):
+        build_sr(source, [], MODEL, NODE, assumptions=["chest"])  # type: ignore[list-item]

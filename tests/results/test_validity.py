@@ -1,5 +1,6 @@
 """Every result object passes dciodvfy (Debian dicom3tools) with no error of our making, on all
-RSNA radiographs, a real CR and constructed MONOCHROME1/16-bit and lateral sources."""
+RSNA radiographs, a real CR, constructed MONOCHROME1/16-bit and lateral sources, and an unlabelled
+film (SC, Modality DX, no body part or view) whose SR states the chest and view it assumed."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .support import built, source_names
+from .support import ASSUMED, built, source_names
 
 #: dciodvfy warnings that are not ours to fix: the source's own values (empty type 2 attributes
 #: a DICOMDIR would need, single-component patient names), and Device UID in Contributing
@@ -42,3 +43,14 @@ def test_dciodvfy_has_no_error(name: str, kind: str, dciodvfy: str, tmp_path: Pa
     assert errors == []
     unexpected = [w for w in warnings if not any(p.match(w) for p in ACCEPTED_WARNINGS)]
     assert unexpected == []
+
+
+def test_sr_of_an_unlabelled_film_with_its_assumptions_passes(dciodvfy: str, tmp_path: Path) -> None:
+    _, _, results = built("sc-dx-unlabelled")
+    path = tmp_path / "sr.dcm"
+    results["sr"].save_as(path, enforce_file_format=True)
+    assert ASSUMED["sc-dx-unlabelled"] and all(str(a) in path.read_bytes().decode("latin-1")
+                                              for a in ASSUMED["sc-dx-unlabelled"])
+    errors, warnings = dciodvfy_report(dciodvfy, path)
+    assert errors == []
+    assert [w for w in warnings if not any(p.match(w) for p in ACCEPTED_WARNINGS)] == []

@@ -8,7 +8,7 @@ import pydicom
 import pytest
 
 from dicom_node.results import build_all, is_own_object
-from dicom_node.results.common import NodeIdentity, series_uid
+from dicom_node.results.identity import NodeIdentity, series_uid
 from dicom_node.results.sr import build_sr
 from models.detection import Detection, ModelInfo
 
