@@ -181,6 +181,10 @@ class RoutingConfig(_Section):
     #: A CR/DX whose Body Part Examined or View Position is empty is analysed as a frontal chest
     #: film, the assumption recorded in the SR and in ``dicom-node results``.
     assume_chest_when_unlabelled: bool = True
+    #: Larger images (Rows x Columns, from the header, before any decoding) are stored but not
+    #: analysed: a chest film is under 20 megapixels, and a small compressed or deflated instance
+    #: can declare 10000 x 10000 (issue 12).
+    max_megapixels: float = Field(50.0, gt=0)
 
 
 class TwinConfig(_Section):

@@ -14,20 +14,21 @@ class · 0xC210 Error: cannot understand.
 
 from __future__ import annotations
 
-import io
 import logging
 import struct
+import tempfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from pydicom import dcmread
 from pydicom.datadict import dictionary_has_tag, dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
-from pydicom.filereader import read_dataset
+from pydicom.filereader import read_dataset, read_file_meta_info
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from dicom_node.spool import Spool, is_valid_uid
@@ -43,6 +44,7 @@ CANNOT_UNDERSTAND = 0xC210
 # Image pixel attributes every image SOP class we accept requires (PS3.3 C.7.6.3, Type 1).
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 _META_START = 132  # preamble and "DICM" (PS3.10 §7.1)
+_INFLATE_STEP = 1 << 20
 _DEFER_BYTES = 1 << 20  # values larger than this stay on disk while an instance is checked
 _PIXEL_MODULE = ("Rows", "Columns", "BitsAllocated", "SamplesPerPixel", "PhotometricInterpretation")
 
@@ -66,18 +68,27 @@ class RejectInstance(Exception):
         self.reason = reason
 
 
-def read_received(path: Path, transfer_syntax: str) -> Dataset:
+def read_received(path: Path, transfer_syntax: str, *, max_inflated_bytes: int | None = None) -> Dataset:
     """Decode a received instance file (PS3.10) with its bulk values left on disk while it is checked.
 
     The data set is as the sender encoded it in the negotiated transfer syntax (PS3.5 §10). Values
     larger than ``_DEFER_BYTES`` (Pixel Data, above all) are not read: their declared lengths are
     checked against the file instead, so a 600 MB radiograph is checked in a few kilobytes of memory.
+    A deflated data set (PS3.5 §A.5) is inflated into a file beside it, and refused with 0xA700 as
+    soon as it inflates past ``max_inflated_bytes`` (a deflate bomb). Deferred values of the returned
+    data set are not to be read: the file they point to may be gone.
     """
     ts = UID(transfer_syntax)
+    inflated = path.with_name(path.name + ".inflated.part") if ts == DeflatedExplicitVRLittleEndian else None
     try:
-        ds = _read_data_set(path, ts)
-        _check_encoding(ds, ts, path.stat().st_size)
-        _walk(ds, str(path))  # every element once, so a malformed value raises here, not later in the worker
+        with open(path, "rb") as fp:
+            _skip_file_meta(fp)
+            if inflated is not None:
+                _inflate(fp, inflated, max_inflated_bytes)
+        source = inflated or path
+        ds = _read_data_set(source, 0 if inflated is not None else _data_set_offset(path), ts)
+        _check_encoding(ds, ts, source.stat().st_size)
+        _walk(ds, str(source))  # every element once, so a malformed value raises here, not later in the worker
     except (InvalidDicomError, ValueError, KeyError, EOFError, OverflowError, NotImplementedError,
             zlib.error, TypeError, AttributeError, IndexError, BytesLengthException, struct.error) as exc:
         raise RejectInstance(CANNOT_UNDERSTAND, f"data set cannot be parsed: {type(exc).__name__}") from exc
@@ -86,27 +97,57 @@ def read_received(path: Path, transfer_syntax: str) -> Dataset:
             raise
         # pydicom's "No tag to read" on a stream cut inside a tag raises OSError without an errno.
         raise RejectInstance(CANNOT_UNDERSTAND, f"data set cannot be parsed: {type(exc).__name__}") from exc
+    finally:
+        if inflated is not None:
+            inflated.unlink(missing_ok=True)
     if len(ds) == 0:
         raise RejectInstance(CANNOT_UNDERSTAND, "data set is empty")
     return ds
 
 
-def _read_data_set(path: Path, ts: UID) -> Dataset:
-    """The data set after the File Meta Information, read as encoded: pydicom's ``dcmread`` would
-    report the file meta's transfer syntax as the encoding instead of the one it detected."""
+def _skip_file_meta(fp: BinaryIO) -> None:
+    """Seek past the preamble and File Meta Information (PS3.10 §7.1: 128 bytes, "DICM", then
+    (0002,0000) UL File Meta Group Length first). The receiver wrote this header itself
+    (pynetdicom), so it is well formed."""
+    head = fp.read(_META_START + 12)
+    if head[128:132] != b"DICM" or head[132:138] != b"\x02\x00\x00\x00UL":
+        raise InvalidDicomError("not a PS3.10 file with a File Meta group length")
+    fp.seek(_META_START + 12 + struct.unpack("<I", head[140:144])[0])
+
+
+def _data_set_offset(path: Path) -> int:
     with open(path, "rb") as fp:
-        head = fp.read(_META_START + 12)
-        # PS3.10 §7.1: 128-byte preamble, "DICM", then (0002,0000) UL File Meta Group Length first;
-        # the receiver wrote this header itself (pynetdicom), so it is well formed.
-        if head[128:132] != b"DICM" or head[132:138] != b"\x02\x00\x00\x00UL":
-            raise InvalidDicomError("not a PS3.10 file with a File Meta group length")
-        fp.seek(_META_START + 12 + struct.unpack("<I", head[140:144])[0])
-        if ts == DeflatedExplicitVRLittleEndian:
-            # PS3.5 §A.5; offsets then refer to the inflated stream, so nothing is deferred there.
-            inflated = io.BytesIO(zlib.decompress(fp.read(), -zlib.MAX_WBITS))
-            return read_dataset(inflated, False, True)
-        ds = read_dataset(fp, ts.is_implicit_VR, ts.is_little_endian, defer_size=_DEFER_BYTES)
-    return ds
+        _skip_file_meta(fp)
+        return fp.tell()
+
+
+def _inflate(fp: BinaryIO, into: Path, max_bytes: int | None) -> None:
+    """Inflate the rest of ``fp`` (raw deflate, PS3.5 §A.5) into ``into``, one MiB at a time."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    written = 0
+    with open(into, "wb") as out:
+        while chunk := fp.read(_INFLATE_STEP):
+            while chunk:
+                data = inflater.decompress(chunk, _INFLATE_STEP)  # at most one step of output per call
+                written += len(data)
+                if max_bytes is not None and written > max_bytes:
+                    raise RejectInstance(OUT_OF_RESOURCES, "deflated data set inflates past storage.max_instance_mb")
+                out.write(data)
+                chunk = inflater.unconsumed_tail
+            if inflater.eof:
+                break
+        out.write(inflater.flush())
+
+
+def _read_data_set(path: Path, offset: int, ts: UID) -> Dataset:
+    """The data set from ``offset`` of ``path``, read as encoded: pydicom's ``dcmread`` would report
+    the file meta's transfer syntax as the encoding instead of the one it detected. (Inflated
+    data is explicit VR little endian, PS3.5 §A.5.)"""
+    implicit, little = (False, True) if ts == DeflatedExplicitVRLittleEndian else (ts.is_implicit_VR,
+                                                                                 ts.is_little_endian)
+    with open(path, "rb") as fp:
+        fp.seek(offset)
+        return read_dataset(fp, implicit, little, defer_size=_DEFER_BYTES)
 
 
 def _is_deferred(raw: object) -> bool:
@@ -247,7 +288,7 @@ class Ingest:
             log.info("duplicate instance kept once", extra={"sop_instance_uid": sop_inst, "calling_ae": calling_ae})
             return Outcome(SUCCESS, "duplicate", stored=False, duplicate=True)
 
-        ds = read_received(path, ts)
+        ds = read_received(path, ts, max_inflated_bytes=self.max_instance_bytes)
         check_dataset(ds, sop_class, sop_inst, ts)
         study, series = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
         final = self.spool.path_for(study, sop_inst)
@@ -272,6 +313,21 @@ class Ingest:
         return Outcome(SUCCESS, "stored", stored=True)
 
 
-def read_instance(path: Path | str, *, stop_before_pixels: bool = False) -> Dataset:
-    """Read a spooled instance (a PS3.10 file the receiver wrote)."""
-    return dcmread(path, stop_before_pixels=stop_before_pixels)
+def read_header(path: Path | str) -> Dataset:
+    """The header of a spooled instance (every element but bulk values over ``_DEFER_BYTES``, Pixel
+    Data above all), in bounded memory: pydicom would inflate a whole deflated file into memory even
+    to stop before its pixels, so a deflated one is inflated into a temporary file first."""
+    path = Path(path)
+    meta = read_file_meta_info(path)
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        return dcmread(path, stop_before_pixels=True)
+    with tempfile.TemporaryDirectory(prefix="dicom-node-header-") as tmp:
+        inflated = Path(tmp) / "inflated"
+        with open(path, "rb") as fp:
+            _skip_file_meta(fp)
+            _inflate(fp, inflated, None)
+        ds = _read_data_set(inflated, 0, DeflatedExplicitVRLittleEndian)
+        for tag in [t for t in ds.keys() if _is_deferred(ds.get_item(t, keep_deferred=True))]:
+            del ds[tag]  # their file is about to go
+    ds.file_meta = meta
+    return ds

@@ -76,6 +76,10 @@ def decide(ds: Dataset, rules: RoutingConfig) -> Route:
         return Route("a colour image (a chest radiograph is greyscale)")
     if int(ds.get("NumberOfFrames", 1) or 1) != 1:
         return Route("a multi-frame image (a chest radiograph has one frame)")
+    megapixels = int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0) / 1e6
+    if megapixels > rules.max_megapixels:
+        return Route(f"an image of {megapixels:.0f} megapixels, over routing.max_megapixels "
+                     f"({rules.max_megapixels:g}): stored, not decoded")
     return Route(assumptions=tuple(assumptions))
 
 

@@ -21,10 +21,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from dicom_node.ingest import read_header
 from dicom_node.store import Job, Store
 
 log = logging.getLogger("dicom_node.worker")
@@ -187,7 +187,7 @@ class Analysis:
                 outcomes[job.id] = Outcome("failed", "instance is not in the store")
                 continue
             try:
-                header = dcmread(row["path"], stop_before_pixels=True)
+                header = read_header(row["path"])  # bounded memory, a deflated instance too
             except (OSError, InvalidDicomError) as exc:
                 outcomes[job.id] = Outcome("failed", f"spooled file unreadable: {_short(exc)}")
                 continue

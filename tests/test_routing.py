@@ -42,10 +42,15 @@ def test_every_rsna_radiograph_is_analysed() -> None:
     ({"SamplesPerPixel": 3}, "colour image"),
     ({"NumberOfFrames": 2}, "multi-frame image"),
     ({"Manufacturer": "dicom-node"}, "made by this node"),
+    ({"Rows": 10000, "Columns": 10000}, "an image of 100 megapixels, over routing.max_megapixels (50)"),
 ])
 def test_skips_say_why(changes: dict[str, object], reason: str) -> None:
     got = decide(_chest(**changes), RULES).skip
     assert got is not None and reason in got
+
+
+def test_a_chest_film_of_a_real_size_is_analysed() -> None:
+    assert decide(_chest(Rows=4320, Columns=4320), RULES).skip is None  # 18.7 MP: 43 cm at 100 um
 
 
 def _unlabelled(sop_class: str = SC, modality: str = "DX", **changes: object) -> Dataset:

@@ -19,8 +19,26 @@ def _first(value: Any) -> float:
     return float(value[0]) if isinstance(value, (MultiValue, list, tuple)) else float(value)
 
 
-def modality_pixels(source: Dataset) -> np.ndarray:
-    """The source's single frame after the Modality LUT (PS3.3 C.11.1), as float64."""
+def reduction(rows: int, columns: int, max_side: int | None) -> int:
+    """The whole factor by which an image of ``rows`` x ``columns`` is reduced to fit ``max_side``
+    (1: not reduced)."""
+    if max_side is None or max(rows, columns) <= max_side:
+        return 1
+    return -(-max(rows, columns) // max_side)
+
+
+def _block_mean(arr: np.ndarray, k: int) -> np.ndarray:
+    """``arr`` reduced k-fold by averaging k x k blocks (the last partial row and column of blocks
+    dropped), rounded back to its integer type so that a Modality LUT can still index it."""
+    rows, columns = arr.shape[0] // k * k, arr.shape[1] // k * k
+    blocks = arr[:rows, :columns].reshape(rows // k, k, columns // k, k)
+    return np.rint(blocks.mean(axis=(1, 3))).astype(arr.dtype)
+
+
+def modality_pixels(source: Dataset, max_side: int | None = None) -> np.ndarray:
+    """The source's single frame after the Modality LUT (PS3.3 C.11.1), as float64; reduced by
+    :func:`reduction` first when it is larger than ``max_side``, so that no full-size float copy of
+    a large image is ever made."""
     from pydicom.pixels import apply_modality_lut
 
     try:
@@ -29,6 +47,9 @@ def modality_pixels(source: Dataset) -> np.ndarray:
         raise ValueError(f"source.PixelData cannot be decoded: {exc}") from exc
     if arr.ndim != 2:
         raise ValueError(f"source.PixelData must hold one grayscale frame, got shape {arr.shape}")
+    k = reduction(int(arr.shape[0]), int(arr.shape[1]), max_side)
+    if k > 1:
+        arr = _block_mean(arr, k)
     return np.asarray(apply_modality_lut(arr, source), dtype=np.float64)
 
 
@@ -57,13 +78,13 @@ def _window_unit(values: np.ndarray, center: float, width: float, function: str)
     return np.clip((values - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0)
 
 
-def display_pixels(source: Dataset, header: Dataset) -> np.ndarray:
+def display_pixels(source: Dataset, header: Dataset, max_side: int | None = None) -> np.ndarray:
     """The source as a viewer shows it, as 8-bit MONOCHROME2 (PS3.4 N.2 grayscale pipeline):
     Modality LUT, then the first VOI LUT or window (or the full range when there is none), then
-    inversion of MONOCHROME1."""
+    inversion of MONOCHROME1; reduced to fit ``max_side`` (see :func:`modality_pixels`)."""
     from pydicom.pixels import apply_voi
 
-    values = modality_pixels(source)
+    values = modality_pixels(source, max_side)
     if "VOILUTSequence" in header:
         item = header.VOILUTSequence[0]
         out = np.asarray(apply_voi(values.astype(np.int64), header, index=0), dtype=np.float64)

@@ -4,8 +4,13 @@ PS3.3 A.8.1 SC Image: the source as a viewer shows it (Modality LUT, VOI window 
 MONOCHROME1 inverted; see :func:`display.display_pixels`), in 8-bit RGB so that the boxes can be
 coloured, with each box and its score drawn in, a banner "AI RESULT — NOT FOR PRIMARY DIAGNOSIS"
 with the model and its version, and "no opacity detected" on a negative image. It keeps the
-source's pixel grid, study and patient, lives in its own series, references the source in Source
-Image Sequence and says Burned In Annotation YES. For any PACS or viewer that shows images only.
+source's pixel grid (or a whole-factor reduction of it), study and patient, lives in its own
+series, references the source in Source Image Sequence and says Burned In Annotation YES. For any
+PACS or viewer that shows images only.
+
+A source larger than :data:`MAX_SIDE` on its longer side is reduced by a whole factor (block mean)
+before it is rendered, boxes and Pixel Spacing scaled with it: an overlay is for looking at, and a
+10000 x 10000 source would otherwise give a 300 MB RGB image (issue 12).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from models.detection import Detection, ModelInfo
 
 from .codes import SOURCE_FOR_PROCESSING, ihe_coding_scheme
-from .display import BANNER_TEXT, NO_FINDING_TEXT, display_pixels
+from .display import BANNER_TEXT, NO_FINDING_TEXT, display_pixels, reduction
 from .geometry import score_text
 from .identity import (
     DEFAULT_SERIES_NUMBERS,
@@ -36,6 +41,8 @@ from .identity import (
 from .logsafe import no_patient_data_in_logs
 from .source import body_part_examined, check_inputs, copy_patient_study, source_header
 
+#: Longest side of an overlay; a larger source is reduced by a whole factor to fit.
+MAX_SIDE = 2048
 BOX_COLOR = (255, 221, 0)  # yellow, as the GSPS layer's recommended colour
 TEXT_COLOR = (255, 255, 255)
 BACKGROUND = (0, 0, 0)
@@ -137,7 +144,10 @@ def build_overlay(
     check_inputs(source, detections, model, node)
     check_series_number(series_number)
     header = source_header(source)
-    pixels = burn_in(display_pixels(source, header), detections, model)
+    k = reduction(int(header.Rows), int(header.Columns), MAX_SIDE)
+    shown = [Detection((d.box[0] / k, d.box[1] / k, d.box[2] / k, d.box[3] / k), d.score, d.label)
+             for d in detections]
+    pixels = burn_in(display_pixels(source, header, MAX_SIDE), shown, model)
     spacing = header.get("PixelSpacing")
 
     # Patient, General Study, General Series, SC Equipment, General Image, Image Pixel, SC Image,
@@ -154,7 +164,7 @@ def build_overlay(
         instance_number=instance_number,
         manufacturer=node.manufacturer,
         # highdicom annotates tuple[int, int] but means millimetres
-        pixel_spacing=(float(spacing[0]), float(spacing[1])) if spacing else None,  # type: ignore[arg-type]
+        pixel_spacing=(float(spacing[0]) * k, float(spacing[1]) * k) if spacing else None,  # type: ignore[arg-type]
         # highdicom insists on an orientation; it is replaced by the source's just below
         patient_orientation=("L", "F"),
         transfer_syntax_uid=ExplicitVRLittleEndian,
@@ -175,11 +185,12 @@ def build_overlay(
     # SC Equipment: made on a workstation from a digital image
     sc.ConversionType = "WSD"
 
-    # General Image: same pixel grid as the source, so the source's Patient Orientation (type 2)
+    # General Image: the source's pixel grid (or reduced), so the source's Patient Orientation (type 2)
     sc.add_new(0x00200020, "CS", header.get("PatientOrientation") or "")  # Patient Orientation
     sc.BurnedInAnnotation = "YES"
     sc.DerivationDescription = (
-        "Source rendered for display (Modality LUT, VOI, MONOCHROME1 inverted) with AI findings "
+        "Source rendered for display (Modality LUT, VOI, MONOCHROME1 inverted"
+        + (f", reduced {k}-fold" if k > 1 else "") + ") with AI findings "
         f"burned in by {model.name} {model.version}"
     )
     reference = Dataset()

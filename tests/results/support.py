@@ -139,7 +139,7 @@ def constructed_dx(*, monochrome1: bool = True) -> Dataset:
 
 
 SOURCE_NAMES: list[str] = [f"rsna-{p.stem[:8]}" for p in rsna_files()] or ["rsna-missing"]
-SOURCE_NAMES += ["cr-agfa", "dx-mono1-16bit", "dx-lateral-novoi", "dx-voilut", "sc-dx-unlabelled"]
+SOURCE_NAMES += ["cr-agfa", "dx-mono1-16bit", "dx-lateral-novoi", "dx-voilut", "sc-dx-unlabelled", "dx-large"]
 
 #: What routing assumes for a source (the unlabelled film: chest and frontal view); none for the rest.
 ASSUMED: dict[str, tuple[Assumption, ...]] = {"sc-dx-unlabelled": (Assumption.CHEST, Assumption.FRONTAL)}
@@ -151,6 +151,18 @@ def unlabelled_dx(path: Path) -> Dataset:
     ds = pydicom.dcmread(path)
     ds.Modality = "DX"
     del ds.BodyPartExamined, ds.ViewPosition
+    return ds
+
+
+def large_dx() -> Dataset:
+    """:func:`constructed_dx` blown up 14-fold to 4480 x 3584 with Pixel Spacing 0.1 mm: larger than
+    an overlay may be (``overlay.MAX_SIDE``)."""
+    ds = constructed_dx(monochrome1=True)
+    pixels = np.frombuffer(ds.PixelData, np.uint16).reshape(int(ds.Rows), int(ds.Columns))
+    big = np.kron(pixels, np.ones((14, 14), np.uint16))
+    ds.Rows, ds.Columns = big.shape
+    ds.PixelSpacing = ds.ImagerPixelSpacing = [0.1, 0.1]
+    ds.PixelData = big.tobytes()
     return ds
 
 
@@ -178,6 +190,8 @@ def load(name: str) -> tuple[Dataset, list[Detection]]:
         labels = rsna_labels()
         path = next(p for p in rsna_files() if labels[p.stem])
         return unlabelled_dx(path), labels[path.stem]
+    if name == "dx-large":
+        return large_dx(), [Detection(box=(420.0, 840.0, 1540.0, 2800.0), score=0.88)]
     if name == "dx-voilut":
         return with_voi_lut(constructed_dx(monochrome1=False)), [
             Detection(box=(20, 40, 120, 300), score=0.71)

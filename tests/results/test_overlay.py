@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from dicom_node.results.display import display_pixels
-from dicom_node.results.overlay import BOX_COLOR, build_overlay
+from dicom_node.results.display import display_pixels, reduction
+from dicom_node.results.overlay import BOX_COLOR, MAX_SIDE, build_overlay
 from dicom_node.results.source import source_header
 
 from .support import MODEL, NODE, built, load, source_names
@@ -21,7 +22,8 @@ def test_overlay_is_derived_from_its_source(name: str) -> None:
     assert reference.ReferencedSOPInstanceUID == source.SOPInstanceUID
     assert reference.ReferencedSOPClassUID == source.SOPClassUID
     assert sc.BurnedInAnnotation == "YES"
-    assert (sc.Rows, sc.Columns) == (source.Rows, source.Columns)
+    k = reduction(int(source.Rows), int(source.Columns), MAX_SIDE)  # 1 but for the large DX
+    assert (sc.Rows, sc.Columns) == (source.Rows // k, source.Columns // k)
     assert sc.PhotometricInterpretation == "RGB"
     assert "DERIVED" in sc.ImageType
 
@@ -72,3 +74,14 @@ def test_voi_lut_sequence_is_applied_for_display() -> None:
     raw = source.pixel_array.astype(float)
     expected = np.round(np.sqrt(raw / 4095) * 255)
     assert np.abs(displayed - expected).max() <= 1
+
+
+def test_a_large_source_gives_an_overlay_of_sane_size_with_its_boxes_scaled() -> None:
+    source, detections, results = built("dx-large")  # 4480 x 3584 at 0.1 mm
+    sc = results["sc"]
+    assert (sc.Rows, sc.Columns) == (4480 // 3, 3584 // 3) and max(sc.Rows, sc.Columns) <= MAX_SIDE
+    assert [float(v) for v in sc.PixelSpacing] == pytest.approx([0.3, 0.3])
+    assert "reduced 3-fold" in sc.DerivationDescription
+    x0, y0, x1, y1 = (v / 3 for v in detections[0].box)
+    assert tuple(sc.pixel_array[int((y0 + y1) / 2), int(x0)]) == BOX_COLOR
+    assert sc.pixel_array.nbytes < 10_000_000  # was 48 MB at the source's size
