@@ -91,6 +91,12 @@ def tool(name: str) -> str | None:
     return shutil.which(name)
 
 
+def missing_dcmtk(*names: str) -> str | None:
+    """The one-line error a benchmark prints when one of DCMTK's ``names`` is not installed."""
+    gone = [n for n in names if tool(n) is None]
+    return f"error: {', '.join(gone)} (DCMTK) missing: make setup installs it" if gone else None
+
+
 def rsna_files() -> list[Path]:
     return sorted((RSNA_DIR / "images").glob("*.dcm"))
 
@@ -187,6 +193,31 @@ class NodeProcess:
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def synthetic_cr(rows: int, columns: int, pixels: bytes, **attrs: Any) -> Any:
+    """A 16-bit (12 stored) chest CR of ``rows`` x ``columns`` around ``pixels``, fresh UIDs, explicit
+    VR little endian, for the benchmarks and the size tests; ``attrs`` are set on top."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.1")
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientName, ds.PatientID = "Bench^Synthetic", "BENCH"
+    ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "CR", "CHEST", "PA"
+    ds.Rows, ds.Columns = rows, columns
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = pixels
+    for keyword, value in attrs.items():
+        setattr(ds, keyword, value)
+    return ds
 
 
 def storescu(port: int, files: list[Path] | list[str], *, aet: str = "MODALITY1", aec: str = "DICOM_NODE",

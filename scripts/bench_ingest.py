@@ -27,11 +27,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from dicom_node.testing import NodeProcess, free_port, tool, wait_port  # noqa: E402
+from dicom_node.testing import NodeProcess, free_port, missing_dcmtk, synthetic_cr, wait_port  # noqa: E402
 
 BARE_SCP = textwrap.dedent("""
     import sys
@@ -52,23 +52,10 @@ BARE_SCP = textwrap.dedent("""
 
 def make_cr(rows: int, cols: int, rng: np.random.Generator) -> Dataset:
     """A 16-bit CR (12 bits stored) of ``rows`` x ``cols``; content is smooth noise, values realistic."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.PatientName, ds.PatientID = "Bench^Ingest", "BENCH"
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "CR", "CHEST", "PA"
-    ds.Rows, ds.Columns = rows, cols
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     base = rng.integers(500, 3500, size=(rows // 16 + 1, cols // 16 + 1)).astype(np.uint16)
     img = np.kron(base, np.ones((16, 16), dtype=np.uint16))[:rows, :cols]
     img = img + rng.integers(0, 200, size=(rows, cols), dtype=np.uint16)
-    ds.PixelData = img.astype(np.uint16).tobytes()
-    return ds
+    return synthetic_cr(rows, cols, img.astype(np.uint16).tobytes(), PatientName="Bench^Ingest")
 
 
 def write_round(ds_list: list[Dataset], folder: Path) -> list[Path]:
@@ -102,10 +89,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    for t in ("storescu", "storescp"):
-        if not tool(t):
-            print(f"error: {t} (DCMTK) is missing: make setup installs it", file=sys.stderr)
-            return 2
+    if error := missing_dcmtk("storescu", "storescp"):
+        print(error, file=sys.stderr)
+        return 2
 
     rng = np.random.default_rng(7)
     datasets = [make_cr(args.size, args.size, rng) for _ in range(args.images)]

@@ -28,11 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from dicom_node.testing import NodeProcess, free_port, tool, wait_port  # noqa: E402
+from dicom_node.testing import NodeProcess, free_port, missing_dcmtk, synthetic_cr, wait_port  # noqa: E402
 
 
 def write_instances(folder: Path, n: int, side: int) -> list[Path]:
@@ -42,22 +40,8 @@ def write_instances(folder: Path, n: int, side: int) -> list[Path]:
     pixels = np.broadcast_to(row, (side, side)).tobytes()
     files = []
     for i in range(n):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID = meta.MediaStorageSOPClassUID
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-        ds.PatientName, ds.PatientID = "Bench^Memory", "BENCH"
-        ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "CR", "CHEST", "PA"
-        ds.Rows = ds.Columns = side
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        ds.PixelData = pixels
         path = folder / f"{i:02d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
+        synthetic_cr(side, side, pixels).save_as(path, enforce_file_format=True)
         files.append(path)
     return files
 
@@ -98,10 +82,9 @@ def main() -> int:
     ap.add_argument("--side", type=int, default=17320, help="rows = columns (17320 → 600 MB at 16 bits)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    for t in ("storescu", "storescp"):
-        if not tool(t):
-            print(f"error: {t} (DCMTK) is missing: make setup installs it", file=sys.stderr)
-            return 2
+    if error := missing_dcmtk("storescu", "storescp"):
+        print(error, file=sys.stderr)
+        return 2
     result: dict[str, object] = {"instance_mb": round(args.side * args.side * 2 / 1e6)}
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         root = Path(tmp)

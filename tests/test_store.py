@@ -100,21 +100,26 @@ def test_connections_of_ended_threads_are_closed(tmp_path: Path) -> None:
 
 
 
-def test_a_version_1_database_gains_the_image_level_probability_in_place(tmp_path: Path) -> None:
+def _old_database(path: Path, version: int, columns: str, row: str) -> None:
+    """A database as schema ``version`` wrote it: its meta and its analyses table with one row."""
     import sqlite3
 
-    path = tmp_path / "node.db"
-    old = sqlite3.connect(path)  # the analyses table as version 1 wrote it, with one analysis
+    old = sqlite3.connect(path)
     old.executescript(
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
-        "INSERT INTO meta VALUES ('schema_version', '1');"
+        f"INSERT INTO meta VALUES ('schema_version', '{version}');"
         "CREATE TABLE analyses (sop_instance_uid TEXT PRIMARY KEY, outcome TEXT NOT NULL, reason TEXT,"
-        " model_name TEXT, model_version TEXT, n_findings INTEGER NOT NULL DEFAULT 0, preprocess_ms REAL,"
-        " inference_ms REAL, total_ms REAL, analysed_at REAL NOT NULL);"
-        "INSERT INTO analyses (sop_instance_uid, outcome, analysed_at) VALUES ('1.2.3', 'analysed', 0);"
+        f" model_name TEXT, model_version TEXT, n_findings INTEGER NOT NULL DEFAULT 0, {columns}"
+        " preprocess_ms REAL, inference_ms REAL, total_ms REAL, analysed_at REAL NOT NULL);"
+        f"INSERT INTO analyses {row};"
     )
     old.commit()
     old.close()
+
+
+def test_a_version_1_database_gains_the_image_level_probability_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "node.db"
+    _old_database(path, 1, "", "(sop_instance_uid, outcome, analysed_at) VALUES ('1.2.3', 'analysed', 0)")
     store = Store(path)
     conn = store.conn()
     assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
@@ -126,21 +131,9 @@ def test_a_version_1_database_gains_the_image_level_probability_in_place(tmp_pat
 
 
 def test_a_version_2_database_gains_the_assumptions_in_place(tmp_path: Path) -> None:
-    import sqlite3
-
     path = tmp_path / "node.db"
-    old = sqlite3.connect(path)  # the analyses table as version 2 wrote it, with one analysis
-    old.executescript(
-        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
-        "INSERT INTO meta VALUES ('schema_version', '2');"
-        "CREATE TABLE analyses (sop_instance_uid TEXT PRIMARY KEY, outcome TEXT NOT NULL, reason TEXT,"
-        " model_name TEXT, model_version TEXT, n_findings INTEGER NOT NULL DEFAULT 0, opacity_probability REAL,"
-        " preprocess_ms REAL, inference_ms REAL, total_ms REAL, analysed_at REAL NOT NULL);"
-        "INSERT INTO analyses (sop_instance_uid, outcome, opacity_probability, analysed_at)"
-        " VALUES ('1.2.3', 'analysed', 0.4, 0);"
-    )
-    old.commit()
-    old.close()
+    _old_database(path, 2, "opacity_probability REAL,", "(sop_instance_uid, outcome, opacity_probability,"
+                  " analysed_at) VALUES ('1.2.3', 'analysed', 0.4, 0)")
     store = Store(path)
     assert store.meta("schema_version") == "3" == str(SCHEMA_VERSION)
     before = store.analysis("1.2.3")
