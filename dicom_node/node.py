@@ -20,7 +20,7 @@ from pydicom.uid import generate_uid
 from dicom_node import __version__
 from dicom_node.config import Config
 from dicom_node.ingest import Ingest
-from dicom_node.pipeline import DetectStep, build_steps
+from dicom_node.pipeline import DetectStep, ResultsStep, build_steps, gc_paused_then_frozen
 from dicom_node.results import NodeIdentity
 from dicom_node.scp import Receiver
 from dicom_node.scu import Delivery, echo_destinations
@@ -67,6 +67,7 @@ class Node:
         if steps is None:
             steps = build_steps(cfg, self.store, self.outbox, self.identity, self.twin)
         self.detect = next((s for s in steps if isinstance(s, DetectStep)), None)
+        self.results = next((s for s in steps if isinstance(s, ResultsStep)), None)
         self.analysis = WorkerPool(
             self.store, "analyse", ["analyse"], Analysis(self.store, list(steps)),
             threads=cfg.worker.threads, batch_size=cfg.worker.batch_size, lease_s=cfg.worker.lease_s,
@@ -75,6 +76,8 @@ class Node:
             self.store, "deliver", ["deliver"], Delivery(cfg, self.store),
             threads=1 if cfg.destinations else 0, batch_size=16, lease_s=cfg.delivery.lease_s,
         )
+        if self.results is not None and self.results.on_queued is None:
+            self.results.on_queued = self.delivery.wake  # results go out when queued, not a poll later
         self.scheduler = BackgroundScheduler(timezone="UTC")
         twin_jobs.register(self.scheduler, self.twin, cfg.twin.sidecar_dir, cfg.twin.sidecar_poll_s,
                            cfg.twin.evaluate_every_s, cfg.twin.retention_days)
@@ -114,12 +117,25 @@ class Node:
             raise
         if warm and self.detect is not None:
             # The model loads and warms beside the receiver: it listens at once, the first study waits less.
-            self._warm = threading.Thread(target=self.detect.warm, name="model-warm", daemon=True)
+            self._warm = threading.Thread(target=self._warm_up, name="model-warm", daemon=True)
             self._warm.start()
         self.scheduler.start()
         log.info("node serving", extra={"ae_title": self.cfg.node.ae_title, "host": self.address[0],
                                         "port": self.address[1], "storage": str(self.cfg.storage.dir),
                                         "version": __version__})
+
+    def _warm_up(self) -> None:
+        """Warm the result builders, then load and warm the model, one after the other.
+
+        Before the model, not beside it: no study can be analysed before the model is ready, so the
+        first one's results never find the builders half-warm, loading the same tables again beside
+        this thread (the interpreter's lock would run the two one after the other anyway).
+        """
+        with gc_paused_then_frozen():  # what the warm-up loads lives as long as the process
+            if self.results is not None:
+                self.results.warm()
+            if self.detect is not None:
+                self.detect.warm()
 
     def stop(self, grace_s: float = 30.0) -> None:
         """Graceful stop; safe to call twice."""
