@@ -20,7 +20,7 @@ from pydicom.uid import generate_uid
 from dicom_node import __version__
 from dicom_node.config import Config
 from dicom_node.ingest import Ingest
-from dicom_node.pipeline import DetectStep, ResultsStep, build_steps, gc_paused_then_frozen
+from dicom_node.pipeline import DetectStep, ResultsStep, build_steps
 from dicom_node.results import NodeIdentity
 from dicom_node.scp import Receiver
 from dicom_node.scu import Delivery, echo_destinations
@@ -131,11 +131,10 @@ class Node:
         first one's results never find the builders half-warm, loading the same tables again beside
         this thread (the interpreter's lock would run the two one after the other anyway).
         """
-        with gc_paused_then_frozen():  # what the warm-up loads lives as long as the process
-            if self.results is not None:
-                self.results.warm()
-            if self.detect is not None:
-                self.detect.warm()
+        if self.results is not None:
+            self.results.warm()
+        if self.detect is not None:
+            self.detect.warm()
 
     def stop(self, grace_s: float = 30.0) -> None:
         """Graceful stop; safe to call twice."""

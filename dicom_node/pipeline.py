@@ -8,13 +8,11 @@ jobs are unique per (result, destination), so a step redone after a crash change
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from io import BytesIO
 from typing import Any
@@ -91,11 +89,10 @@ class DetectStep:
             if self._detector is None:
                 t0 = time.perf_counter()
                 m = self.cfg.model
-                with gc_paused_then_frozen():
-                    from models.detector import Detector
+                from models.detector import Detector
 
-                    self._detector = Detector.load(m.weights, device=m.device, threads=m.threads,
-                                                   score_threshold=m.score_threshold)
+                self._detector = Detector.load(m.weights, device=m.device, threads=m.threads,
+                                               score_threshold=m.score_threshold)
                 info = self._detector.info
                 log.info("model loaded", extra={"model": info.name, "version": info.version,
                                                 "device": self._detector.device,
@@ -165,29 +162,6 @@ class DetectStep:
                 assumptions=[str(a) for a in decide(item.header, self.cfg.routing).assumptions],
             )
         return out
-
-
-@contextmanager
-def gc_paused_then_frozen() -> Iterator[None]:
-    """No cyclic garbage collection while the model's libraries import; their objects frozen after.
-
-    Used around loading the model and around the node's whole warm-up (nested, the outer one ends it).
-
-    Importing torch, torchvision and Detectron2 makes about 450,000 objects that live as long as the
-    process. With the collector on, every full collection during the import walks all of them so
-    far (about 0.7 s of the 4 s import here, measured) and each full collection after it walks them
-    again (0.2 s each, some during the first burst). Refcounting still frees everything meanwhile;
-    only reference cycles wait, and the few the import leaves stay frozen with the rest:
-    ``gc.freeze`` moves every object tracked so far to a generation no later collection walks.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.freeze()
-        if was_enabled:
-            gc.enable()
 
 
 def _finding(d: Detection) -> dict[str, Any]:

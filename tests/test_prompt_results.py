@@ -1,22 +1,20 @@
 """What keeps results prompt (issue 11): outbound associations without TCP stalls, deliveries woken as
-soon as they are queued, result builders and garbage collector made ready at start."""
+soon as they are queued, result builders made ready at start."""
 
 from __future__ import annotations
 
-import gc
 import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom.sop_class import SecondaryCaptureImageStorage  # type: ignore[attr-defined]
 
 from dicom_node.config import parse_config
 from dicom_node.node import Node
-from dicom_node.pipeline import ResultsStep, gc_paused_then_frozen
+from dicom_node.pipeline import ResultsStep
 from dicom_node.results import NodeIdentity
 from dicom_node.scu import Peer, _ae
 from dicom_node.testing import free_port, wait_port
@@ -69,18 +67,3 @@ def test_result_builders_warm_up_without_storing_anything(tmp_path: Path, caplog
         step.warm()  # a store or outbox touched would fail on None
     assert any(r.getMessage() == "result builders warm" for r in caplog.records)
     assert not (tmp_path / "var").exists()
-
-
-def test_gc_is_paused_while_loading_and_the_loaded_objects_frozen() -> None:
-    assert gc.isenabled()
-    frozen = gc.get_freeze_count()
-    try:
-        with gc_paused_then_frozen():
-            with gc_paused_then_frozen():  # nested: the outer one ends the pause
-                kept = [pydicom.Dataset() for _ in range(100)]
-            assert not gc.isenabled()
-        assert gc.isenabled()
-        assert gc.get_freeze_count() >= frozen + len(kept)
-    finally:
-        gc.unfreeze()  # this test process is no node: leave its collector as it was
-        gc.enable()
