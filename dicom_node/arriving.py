@@ -63,11 +63,18 @@ class ArrivingFile:
             return len(data)  # the rest of a refused instance is read off the wire and dropped
         self.written += len(data)
         if self.written > self._arrivals.max_bytes:
-            self.cut_off = True
-            self.discard()
-            self._arrivals.refuse(self._assoc, self.written)
+            self._cut_off("instance larger than storage.max_instance_mb while arriving")
             return len(data)
-        return self._fh.write(data)
+        try:
+            return self._fh.write(data)
+        except OSError as exc:  # the disk filled up (ENOSPC) under a sender: no traceback, an abort
+            self._cut_off(f"instance could not be written while arriving ({exc.strerror})")
+            return len(data)
+
+    def _cut_off(self, reason: str) -> None:
+        self.cut_off = True
+        self.discard()
+        self._arrivals.refuse(self._assoc, self.written, reason)
 
     def flush(self) -> None:
         if not self._fh.closed:
@@ -78,7 +85,10 @@ class ArrivingFile:
 
     def discard(self) -> None:
         """Close and remove the file (an instance that will not be stored)."""
-        self._fh.close()
+        try:
+            self._fh.close()  # flushing what is buffered may fail on a full disk: the file goes anyway
+        except OSError:
+            pass
         Path(self.name).unlink(missing_ok=True)
 
 
@@ -126,9 +136,10 @@ class Arrivals:
             f.discard()
         return len(files)
 
-    def refuse(self, assoc: Association, size: int) -> None:
-        """An instance passed ``max_bytes`` while arriving: abort its association (A-ABORT, PS3.8 §7.3.1)."""
-        log.warning("instance larger than storage.max_instance_mb while arriving: association aborted",
+    def refuse(self, assoc: Association, size: int, reason: str) -> None:
+        """An instance cannot be received (past ``max_bytes``, or the disk is full): abort its
+        association (A-ABORT, PS3.8 §7.3.1), the only answer possible while it arrives."""
+        log.warning(f"{reason}: association aborted",
                     extra={"bytes": size, "limit_bytes": self.max_bytes,
                            "calling_ae": str(assoc.requestor.ae_title).strip()})
         if self.on_refused is not None:

@@ -56,6 +56,10 @@ class NodeConfig(_Section):
     network_timeout_s: float = Field(60.0, gt=0)
     acse_timeout_s: float = Field(30.0, gt=0)
     dimse_timeout_s: float = Field(60.0, gt=0)
+    # Connections accepted and not yet established (dicom_node.guard): per source address, more are
+    # closed at once; in all, the oldest is closed to make room. Each costs two threads.
+    max_pending_connections: int = Field(64, ge=1, le=4096)
+    max_pending_per_host: int = Field(8, ge=1, le=4096)
     tls: TLSConfig | None = None
 
     @field_validator("ae_title")
@@ -104,6 +108,8 @@ class PeersConfig(_Section):
         default_factory=lambda: [PeerRule(ae_title="MODALITY1"), PeerRule(ae_title="*", host="127.0.0.1")]
     )
     rate_limit_per_min: int = Field(0, ge=0)
+    # Associations one calling AE title from one address may hold at once (0: only node.max_associations).
+    max_associations_per_peer: int = Field(4, ge=0)
 
 
 ResultKind = Literal["sr", "gsps", "sc"]
@@ -192,17 +198,32 @@ class TwinConfig(_Section):
     sidecar_poll_s: float = Field(10.0, gt=0)
     evaluate_every_s: float = Field(60.0, gt=0)
     retention_days: int = Field(90, ge=1)
+    max_clock_skew_s: float = Field(300.0, ge=0)  # a sidecar or header time further ahead is refused
+
+
+ADMIN_TOKEN_MIN = 16
+_TOKEN_RE = re.compile(r"^[\x21-\x7e]+$")
 
 
 class AdminConfig(_Section):
+    """The admin console. Its HTTP limits keep a flood of slow clients from taking the descriptors and
+    threads the DICOM receiver needs (docs/reliability.md, section 11)."""
+
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     token: str | None = None
+    max_connections: int = Field(64, ge=1, le=1024)  # open HTTP connections; more are answered 503 and closed
+    header_timeout_s: float = Field(10.0, gt=0, le=300)  # to send a request's headers (slowloris)
+    keepalive_timeout_s: int = Field(5, ge=1, le=300)  # an idle keep-alive connection is closed after this
 
     @model_validator(mode="after")
     def _loopback_or_token(self) -> AdminConfig:
-        if self.enabled and not self.token and not _is_loopback(self.host):
+        # Checked here, not in a field validator, so that the error never echoes the token.
+        if self.token is not None and (len(self.token) < ADMIN_TOKEN_MIN or not _TOKEN_RE.match(self.token)):
+            raise ValueError(f"admin.token must be {ADMIN_TOKEN_MIN} or more printable ASCII characters without"
+                             f" blanks (got {len(self.token)}); leave it null for none")
+        if self.enabled and self.token is None and not _is_loopback(self.host):
             raise ValueError(f"admin.host {self.host} is not loopback: set admin.token first")
         return self
 

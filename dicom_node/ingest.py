@@ -15,6 +15,7 @@ class · 0xC210 Error: cannot understand.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import struct
 import tempfile
 import zlib
@@ -293,24 +294,48 @@ class Ingest:
         study, series = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
         final = self.spool.path_for(study, sop_inst)
         self.spool.sync(path)
-        if not self.spool.commit(path, final):
-            # A file under this name and no row: a crash came between link and commit last time.
-            if self.store.has_instance(sop_inst):
+        inode = path.stat().st_ino
+        try:
+            if not self.spool.commit(path, final):
+                # A file under this name and no row: a crash came between link and commit last time.
+                if self.store.has_instance(sop_inst):
+                    return Outcome(SUCCESS, "duplicate", duplicate=True)
+                self.spool.commit(path, final, replace=True)
+            row = InstanceRow(
+                sop_instance_uid=sop_inst, sop_class_uid=sop_class, study_instance_uid=study,
+                series_instance_uid=series, modality=str(ds.get("Modality", "")) or None,
+                transfer_syntax_uid=ts, path=str(final), size=final.stat().st_size,
+                calling_ae=calling_ae, peer_host=peer_host,
+            )
+            if not self.store.add_instance(row, max_attempts=self.max_attempts):
                 return Outcome(SUCCESS, "duplicate", duplicate=True)
-            self.spool.commit(path, final, replace=True)
-        row = InstanceRow(
-            sop_instance_uid=sop_inst, sop_class_uid=sop_class, study_instance_uid=study,
-            series_instance_uid=series, modality=str(ds.get("Modality", "")) or None,
-            transfer_syntax_uid=ts, path=str(final), size=final.stat().st_size,
-            calling_ae=calling_ae, peer_host=peer_host,
-        )
-        if not self.store.add_instance(row, max_attempts=self.max_attempts):
-            return Outcome(SUCCESS, "duplicate", duplicate=True)
+        except sqlite3.Error as exc:
+            # SQLITE_FULL ("database or disk is full"), a lock held past the busy timeout, an I/O
+            # error: no row, so the file linked above goes too, or it would stay an orphan; the
+            # sender keeps its copy and gets 0xA700 (PS3.4 B.2.3: refused, out of resources).
+            self._unlink_unrecorded(final, inode, sop_inst)
+            log.error("instance refused: the database could not commit it",
+                      extra={"sop_instance_uid": sop_inst, "reason": f"{type(exc).__name__}: {exc}"})
+            raise RejectInstance(OUT_OF_RESOURCES, f"database error: {exc}") from exc
         if self.on_stored is not None:
             self.on_stored()
         log.info("instance stored", extra={"sop_instance_uid": sop_inst, "bytes": row.size,
                                             "calling_ae": calling_ae})
         return Outcome(SUCCESS, "stored", stored=True)
+
+    def _unlink_unrecorded(self, final: Path, inode: int, sop_inst: str) -> None:
+        """Remove ``final`` if it is the file this call linked and no row names it (a commit that
+        raised may still have committed: then the file stays, and a resend is a duplicate)."""
+        try:
+            if self.store.has_instance(sop_inst):
+                return
+        except sqlite3.Error:  # the database cannot say: the orphan sweep at the next start will
+            return
+        try:
+            if final.stat().st_ino == inode:
+                final.unlink()
+        except FileNotFoundError:
+            pass
 
 
 def read_header(path: Path | str) -> Dataset:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import logging.handlers
+import re
 import sys
 import time
 import warnings
@@ -40,13 +41,35 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
+# C0 controls but tab (newline too: a value must not forge a log line), DEL, C1 (0x9b is a CSI on
+# its own), and the Unicode format characters that reorder or hide text on a terminal.
+_CONSOLE_UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
+
+
+def console_safe(text: object) -> str:
+    """``text`` with every control character shown as an escape (``\\x1b``, ``\\n``): header strings,
+    AE titles and file names reach the console from outside, and raw ESC sequences would drive the
+    admin's terminal (issue 12)."""
+    return _CONSOLE_UNSAFE.sub(_escape_char, str(text))
+
+
+def _escape_char(m: re.Match[str]) -> str:
+    c = m.group()
+    if c == "\n":
+        return "\\n"
+    if c == "\r":
+        return "\\r"
+    return f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+
+
 class ConsoleFormatter(logging.Formatter):
-    """``HH:MM:SS LEVEL logger: message key=value …`` for people at a terminal."""
+    """``HH:MM:SS LEVEL logger: message key=value …`` for people at a terminal; every field is passed
+    through :func:`console_safe`."""
 
     def format(self, record: logging.LogRecord) -> str:
-        extras = " ".join(f"{k}={v}" for k, v in record_extras(record).items())
-        head = f"{time.strftime('%H:%M:%S', time.localtime(record.created))} {record.levelname:<7} " \
-               f"{record.name.removeprefix('dicom_node.')}: {record.getMessage()}"
+        extras = " ".join(f"{console_safe(k)}={console_safe(v)}" for k, v in record_extras(record).items())
+        head = f"{time.strftime('%H:%M:%S', time.localtime(record.created))} {console_safe(record.levelname):<7} " \
+               f"{console_safe(record.name.removeprefix('dicom_node.'))}: {console_safe(record.getMessage())}"
         return f"{head} {extras}".rstrip()
 
 

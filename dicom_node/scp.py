@@ -1,8 +1,10 @@
 """The receiver: association policy, C-ECHO and C-STORE handlers (pynetdicom event handlers).
 
 All of the policy an admin configures sits here: which SOP classes and transfer syntaxes are
-negotiated, who may associate (called AE, calling AE and host), how many associations at once, the
-maximum PDU, TLS. What happens to a received instance is :mod:`dicom_node.ingest`.
+negotiated, who may associate (called AE, calling AE and host), how many associations at once and per
+peer, the maximum PDU, TLS. What a connection may cost before its association is accepted (deadline,
+pending caps, request size, pynetdicom's log lines) is :mod:`dicom_node.guard`; what happens to a
+received instance is :mod:`dicom_node.ingest`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import logging
 import ssl
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +27,7 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from dicom_node import guard
 from dicom_node.arriving import Arrivals, install
 from dicom_node.config import Config, PeersConfig
 from dicom_node.ingest import Ingest
@@ -48,6 +51,19 @@ REJECT_CALLED_AE = (0x01, 0x01, 0x07)   # rejected-permanent, service-user, call
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # rejected-permanent, service-user, calling AE not recognised
 REJECT_BUSY = (0x02, 0x03, 0x02)        # rejected-transient, service-provider (presentation), local limit
 REJECT_RATE = (0x02, 0x01, 0x01)        # rejected-transient, service-user, no reason given
+REJECT_ABSURD = (0x01, 0x01, 0x01)      # rejected-permanent, service-user, no reason given
+
+#: Presentation context IDs are odd integers 1-255 (PS3.8 §9.3.2.2), so a request proposing more
+#: than this many is malformed; it is refused before pynetdicom negotiates them.
+MAX_PRESENTATION_CONTEXTS = 128
+#: ARTIM after an A-ASSOCIATE-RJ (PS3.8 §9.1.5, Sta13): a peer that goes on sending is dropped then.
+REJECT_LINGER_S = 2.0
+#: Connections turned away before association are logged and audited once per this many seconds,
+#: as counts per source address, however many a flood makes.
+REPORT_EVERY_S = 10.0
+#: Rejected associations logged and audited one by one per REPORT_EVERY_S; the rest are counted.
+DETAILED_PER_PERIOD = 20
+SOP_CLASS_NOT_SUPPORTED = 0x0122  # C-STORE status "Refused: SOP Class not supported" (PS3.7 C.5)
 
 _PYNETDICOM_CEILING = 4096  # threads pynetdicom itself would let negotiate at once (see Receiver._build_ae)
 
@@ -66,12 +82,18 @@ class AssociationPolicy:
     _recent: dict[str, deque[float]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def decide(self, called_ae: str, calling_ae: str, host: str, *, busy: bool = False) -> tuple[int, int, int] | None:
+    def decide(self, called_ae: str, calling_ae: str, host: str, *, busy: bool = False,
+               peer_full: bool = False, contexts: int = 1) -> tuple[int, int, int] | None:
         """None to accept, else the A-ASSOCIATE-RJ (result, source, reason) to send.
 
-        ``busy``: ``node.max_associations`` are already in use. It is checked after the AE titles and
-        before the rate, so a sender turned away because the node is full is not also charged a try.
+        ``contexts``: presentation contexts proposed; past :data:`MAX_PRESENTATION_CONTEXTS` the
+        request is malformed and refused first. ``busy``: ``node.max_associations`` are in use;
+        ``peer_full``: this calling AE and host hold ``peers.max_associations_per_peer`` of them.
+        Both are checked after the AE titles and before the rate, so a sender turned away because
+        the node is full is not also charged a try.
         """
+        if contexts > MAX_PRESENTATION_CONTEXTS:
+            return REJECT_ABSURD
         if called_ae.strip() != self.ae_title:
             return REJECT_CALLED_AE
         if not self.peers.allow_any and not any(
@@ -80,7 +102,7 @@ class AssociationPolicy:
             for rule in self.peers.allowed
         ):
             return REJECT_CALLING_AE
-        if busy:
+        if busy or peer_full:
             return REJECT_BUSY
         if self.peers.rate_limit_per_min and not self._within_rate(calling_ae.strip(), host):
             return REJECT_RATE
@@ -96,6 +118,36 @@ class AssociationPolicy:
                 return False
             q.append(now)
             return True
+
+
+class _Tally:
+    """What was turned away, counted per (source address, outcome) and reported every
+    :data:`REPORT_EVERY_S` as one log line and one audit row per outcome, however many a flood made.
+
+    Rejected associations are logged and audited one by one up to :data:`DETAILED_PER_PERIOD` a
+    period (``detailed``), then only counted here: an unauthenticated peer must not be able to
+    write the log (or the audit table) at the rate it can open connections.
+    """
+
+    def __init__(self) -> None:
+        self._counts: Counter[tuple[str, str]] = Counter()
+        self._detailed = 0
+        self._lock = threading.Lock()
+
+    def add(self, host: str, outcome: str) -> None:
+        with self._lock:
+            self._counts[(host, outcome)] += 1
+
+    def detailed(self) -> bool:
+        """True while this period's one-by-one budget lasts (and uses one)."""
+        with self._lock:
+            self._detailed += 1
+            return self._detailed <= DETAILED_PER_PERIOD
+
+    def take(self) -> Counter[tuple[str, str]]:
+        with self._lock:
+            counts, self._counts, self._detailed = self._counts, Counter(), 0
+        return counts
 
 
 @dataclass
@@ -142,6 +194,13 @@ class Receiver:
         self.ae = self._build_ae()
         self.arrivals = Arrivals(ingest.spool.tmp, ingest.max_instance_bytes, on_refused=self._on_cut_off)
         install(self.ae, self.arrivals)
+        self.turned_away = _Tally()
+        self.gate = guard.ConnectionGate(
+            timeout_s=cfg.node.acse_timeout_s, max_pending=cfg.node.max_pending_connections,
+            max_per_host=cfg.node.max_pending_per_host, on_event=self.turned_away.add,
+        )
+        self._watching = threading.Event()
+        self._watch: threading.Thread | None = None
         self.counters = {"accepted": 0, "rejected": 0, "instances": 0, "bytes": 0}
 
     def _build_ae(self) -> AE:
@@ -167,6 +226,8 @@ class Receiver:
     def start(self) -> tuple[str, int]:
         """Start listening in the background; returns the bound (host, port). An OSError names the
         DICOM address, as the admin server's names its own."""
+        self.sweep_orphans()
+        guard.install_log_budget()
         handlers: list[Any] = [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ESTABLISHED, self._on_established),
@@ -177,19 +238,36 @@ class Receiver:
             (evt.EVT_CONN_CLOSE, self._on_conn_close),
         ]
         try:
-            server = self.ae.start_server(
-                (self.cfg.node.host, self.cfg.node.port), block=False, evt_handlers=handlers,
+            server = guard.start_server(
+                self.ae, (self.cfg.node.host, self.cfg.node.port), self.gate, evt_handlers=handlers,
                 ssl_context=server_ssl_context(self.cfg),
             )
         except OSError as exc:
             raise OSError(exc.errno, f"DICOM {self.cfg.node.host}:{self.cfg.node.port}: {exc.strerror}") from None
-        assert isinstance(server, ThreadedAssociationServer)
-        # stop() waits for established associations itself; socketserver's join of every request
-        # thread would also wait out rejected ones that linger until their ARTIM timer expires.
-        server.block_on_close = False
         self.server = server
+        self._watching.set()
+        self._watch = threading.Thread(target=self._watch_loop, name="receiver-watch", daemon=True)
+        self._watch.start()
         host, port = server.server_address[:2]
         return str(host), int(port)
+
+    def sweep_orphans(self) -> int:
+        """Remove spool files that have no instance row; returns how many.
+
+        Such a file was linked into place by a C-STORE whose commit never happened (a crash between
+        link and commit, or a commit that failed before that failure removed its file); its sender
+        got no Success and still has it. Run before listening, so no C-STORE is between the two.
+        """
+        spool = self.ingest.spool
+        removed = 0
+        for path in list(spool.files()):
+            if not self.store.has_instance(path.stem):
+                path.unlink(missing_ok=True)
+                removed += 1
+        if removed:
+            log.warning("removed spool files with no instance row (a commit that never happened)",
+                        extra={"files": removed})
+        return removed
 
     def stop(self, grace_s: float = 30.0) -> int:
         """Stop accepting, let in-flight associations finish (up to ``grace_s``), abort the rest.
@@ -209,9 +287,37 @@ class Receiver:
         deadline = time.monotonic() + 2.0  # let the aborted ones write their audit rows
         while server.active_associations and time.monotonic() < deadline:
             time.sleep(0.05)
+        self._watching.clear()
+        if self._watch is not None:
+            self._watch.join(5.0)
+        self._report_turned_away()
         self._db.shutdown(wait=True)
         self.server = None
         return len(left)
+
+    def _watch_loop(self) -> None:
+        """Once a second, the gate's safety net; every REPORT_EVERY_S, what it turned away."""
+        last = time.monotonic()
+        while self._watching.is_set():
+            time.sleep(1.0)
+            self.gate.expire()
+            if time.monotonic() - last >= REPORT_EVERY_S:
+                last = time.monotonic()
+                self._report_turned_away()
+
+    def _report_turned_away(self) -> None:
+        dropped = guard.LOG_BUDGET.take_dropped()
+        if dropped:
+            log.warning("pynetdicom log lines dropped (guard.LogBudget)", extra={"lines": dropped})
+        counts = self.turned_away.take()
+        for outcome in sorted({o for (_h, o) in counts}):
+            by_host = Counter({h: n for (h, o), n in counts.items() if o == outcome})
+            top = dict(by_host.most_common(16))
+            detail = {"connections": sum(by_host.values()), "hosts": len(by_host), "by_host": top,
+                      "seconds": REPORT_EVERY_S}
+            log.warning("connections turned away", extra={"outcome": outcome, "connections": detail["connections"],
+                                                          "hosts": len(by_host), "peer_host": next(iter(top))})
+            self._audit("connection", "", next(iter(top)), outcome, detail)
 
     # -- handlers ------------------------------------------------------------------------------
 
@@ -222,20 +328,38 @@ class Receiver:
         called = str(rq.called_ae_title)
         calling = str(rq.calling_ae_title)
         host = str(assoc.requestor.address)
+        contexts = len(rq.presentation_context_definition_list)
         with self._admit_lock:
-            busy = self._in_use(assoc) >= self.cfg.node.max_associations
-            decision = self.policy.decide(called, calling, host, busy=busy)
+            in_use = self._in_use(assoc)
+            busy = len(in_use) >= self.cfg.node.max_associations
+            per_peer = self.cfg.peers.max_associations_per_peer
+            peer_full = per_peer > 0 and sum(
+                1 for a in in_use if _calling(a) == calling.strip() and str(a.requestor.address) == host
+            ) >= per_peer
+            decision = self.policy.decide(called, calling, host, busy=busy, peer_full=peer_full, contexts=contexts)
             if decision is None:
                 return
         result, source, reason = decision
-        log.warning("association rejected", extra={"calling_ae": calling.strip(), "called_ae": called.strip(),
-                                                    "peer_host": host, "reason": reason})
+        why = ("too many presentation contexts" if contexts > MAX_PRESENTATION_CONTEXTS
+               else "peers.max_associations_per_peer" if decision == REJECT_BUSY and not busy
+               else "node.max_associations" if decision == REJECT_BUSY else None)
+        detail: dict[str, Any] = {"called_ae": called.strip()[:16], "result": result, "source": source,
+                                  "reason": reason, "presentation_contexts": contexts}
+        if why:
+            detail["limit"] = why
         self.counters["rejected"] += 1
-        self._audit("association", calling, host, "rejected", {"called_ae": called.strip(), "reason": reason})
+        if self.turned_away.detailed():
+            log.warning("association rejected", extra={"calling_ae": calling.strip()[:16], "peer_host": host,
+                                                        **detail, "log_lines_dropped": guard.LOG_BUDGET.dropped(assoc)})
+            self._audit("association", calling[:16], host, "rejected", detail)
+        else:  # past this period's budget: counted, reported with the next summary
+            self.turned_away.add(host, f"association_rejected:{why or _REASONS.get(decision, str(reason))}")
+        # A peer that goes on sending after the A-ASSOCIATE-RJ is dropped after REJECT_LINGER_S.
+        assoc.dul.artim_timer.timeout = min(REJECT_LINGER_S, self.cfg.node.acse_timeout_s)
         assoc.acse.send_reject(result, source, reason)
         assoc.kill()  # as pynetdicom does after its own rejections: lets the DUL flush the A-ASSOCIATE-RJ
 
-    def _in_use(self, current: Association) -> int:
+    def _in_use(self, current: Association) -> list[Association]:
         """Inbound associations other than ``current`` that sent an A-ASSOCIATE-RQ and have not ended.
 
         A connection that never sent a request has no primitive yet and does not count; nor does
@@ -243,14 +367,15 @@ class Receiver:
         """
         server = self.server
         if server is None:
-            return 0
-        return sum(
-            1 for a in server.active_associations
+            return []
+        return [
+            a for a in server.active_associations
             if a is not current and a.is_acceptor and a.requestor.primitive is not None
             and not (a.is_rejected or a.is_aborted or a.is_released)
-        )
+        ]
 
     def _on_established(self, event: evt.Event) -> None:
+        self.gate.release(guard.raw_socket(event.assoc), established=True)
         self.counters["accepted"] += 1
         with self._stats_lock:
             self._stats[id(event.assoc)] = _AssocStats(started=time.time())
@@ -264,36 +389,50 @@ class Receiver:
         request = cast(C_STORE, event.request)
         path = Path(event.dataset_path)  # written by arriving.Arrivals as the data set came in
         self.arrivals.taken(assoc, path)
+        sop_class = str(request.AffectedSOPClassUID)
+        abstract = str(event.context.abstract_syntax)
+        if sop_class != abstract or sop_class not in CHEST_STORAGE_CLASSES:
+            # pynetdicom picks the service by the command's SOP class, not by the context it came
+            # on: a CT image on the Verification context, or a CR context's command naming CT,
+            # reached this handler. PS3.7 §9.1.1.1: the SOP class must be the context's (PS3.4 B.2.3).
+            path.unlink(missing_ok=True)
+            log.warning("C-STORE refused", extra={"sop_instance_uid": str(request.AffectedSOPInstanceUID),
+                                                  "status": f"0x{SOP_CLASS_NOT_SUPPORTED:04X}",
+                                                  "reason": "SOP class is not the presentation context's"
+                                                  if sop_class != abstract else "SOP class is not accepted",
+                                                  "sop_class_uid": sop_class[:64], "context_uid": abstract,
+                                                  "calling_ae": calling})
+            self._count(assoc, failures=1)
+            return SOP_CLASS_NOT_SUPPORTED
         try:
             size = path.stat().st_size
         except FileNotFoundError:  # cut off for its size while arriving; the association is aborted
             return 0xA700
         outcome = self._db.submit(
-            self.ingest.receive, path, sop_class=str(request.AffectedSOPClassUID),
+            self.ingest.receive, path, sop_class=sop_class,
             sop_instance=str(request.AffectedSOPInstanceUID), transfer_syntax=str(event.context.transfer_syntax),
             calling_ae=calling, peer_host=str(assoc.requestor.address),
         ).result()
-        with self._stats_lock:
-            st = self._stats.get(id(assoc))
-            if st is not None:
-                if outcome.stored:
-                    st.instances += 1
-                    st.bytes += size
-                elif outcome.duplicate:
-                    st.duplicates += 1
-                elif outcome.status:
-                    st.failures += 1
+        if outcome.stored:
+            self._count(assoc, instances=1, bytes=size)
+        elif outcome.duplicate:
+            self._count(assoc, duplicates=1)
+        elif outcome.status:
+            self._count(assoc, failures=1)
         if outcome.stored:
             self.counters["instances"] += 1
             self.counters["bytes"] += size
         return outcome.status
 
-    def _on_cut_off(self, assoc: Association, size: int) -> None:
+    def _count(self, assoc: Association, **add: int) -> None:
         with self._stats_lock:
             st = self._stats.get(id(assoc))
             if st is not None:
-                st.cut_off += 1
-                st.failures += 1
+                for key, n in add.items():
+                    setattr(st, key, getattr(st, key) + n)
+
+    def _on_cut_off(self, assoc: Association, size: int) -> None:
+        self._count(assoc, cut_off=1, failures=1)
 
     def _on_conn_close(self, event: evt.Event) -> None:
         self.arrivals.ended(event.assoc)  # a connection lost mid-instance: remove the partial file
@@ -306,12 +445,14 @@ class Receiver:
             return
         outcome = "released" if event.event is evt.EVT_RELEASED else "aborted"
         requestor = event.assoc.requestor
-        self._audit(
-            "association", str(requestor.ae_title), str(requestor.address), outcome,
-            {"instances": st.instances, "duplicates": st.duplicates, "failures": st.failures,
-             "bytes": st.bytes, "seconds": round(time.time() - st.started, 3)}
-            | ({"cut_off_over_max_instance_mb": st.cut_off} if st.cut_off else {}),
-        )
+        detail = {"instances": st.instances, "duplicates": st.duplicates, "failures": st.failures,
+                  "bytes": st.bytes, "seconds": round(time.time() - st.started, 3)} \
+            | ({"cut_off_over_max_instance_mb": st.cut_off} if st.cut_off else {})
+        # The one log line of an association (pynetdicom's own are capped by guard.LogBudget).
+        log.info(f"association {outcome}", extra={"calling_ae": str(requestor.ae_title).strip(),
+                                                   "peer_host": str(requestor.address), **detail,
+                                                   "log_lines_dropped": guard.LOG_BUDGET.dropped(event.assoc)})
+        self._audit("association", str(requestor.ae_title), str(requestor.address), outcome, detail)
 
     def _audit(self, event: str, ae: str, host: str, outcome: str, detail: dict[str, Any]) -> None:
         try:
@@ -319,3 +460,12 @@ class Receiver:
                             detail=detail).result()
         except Exception:  # the audit trail must never break an association
             log.exception("audit write failed")
+
+
+_REASONS = {REJECT_CALLED_AE: "called_ae_not_recognised", REJECT_CALLING_AE: "calling_ae_not_recognised",
+            REJECT_RATE: "peers.rate_limit_per_min"}
+
+
+def _calling(assoc: Association) -> str:
+    rq = assoc.requestor.primitive
+    return str(rq.calling_ae_title).strip() if rq is not None else ""

@@ -167,8 +167,8 @@ TABLES: dict[str, tuple[dict[str, type], str | tuple[str, ...], list[tuple[str, 
             "head_len": INT,
             "updated_at": TEXT,
         },
-        "path",
-        [("dev", "inode")],
+        ("dev", "inode"),
+        [],
     ),
     "twin_quarantine": (
         {"id": INT, "file": TEXT, "line_no": INT, "reason": TEXT, "excerpt": TEXT, "recorded_at": TEXT},
@@ -178,7 +178,7 @@ TABLES: dict[str, tuple[dict[str, type], str | tuple[str, ...], list[tuple[str, 
 }
 
 # the last object ensure_schema creates: when it exists, the schema is complete
-SCHEMA_MARKER = "twin_devices_key_unique"
+SCHEMA_MARKER = "twin_sidecar_files_path"
 COUNTERS = (
     "acquisitions",
     "di_n",
@@ -229,8 +229,34 @@ def ensure_schema(db: sqlite_utils.Database) -> None:
             for cols in indexes:
                 table.create_index(list(cols), if_not_exists=True)
         db.table("twin_devices").create_index(
-            ["key"], unique=True, if_not_exists=True, index_name=SCHEMA_MARKER
+            ["key"], unique=True, if_not_exists=True, index_name="twin_devices_key_unique"
         )
+        _key_sidecar_files_by_inode(db)
+        db.table("twin_sidecar_files").create_index(["path"], if_not_exists=True, index_name=SCHEMA_MARKER)
+
+
+def _key_sidecar_files_by_inode(db: sqlite_utils.Database) -> None:
+    """Re-key a ``twin_sidecar_files`` keyed by path (before issue 12) by (device, inode).
+
+    Keyed by name, a rotation overwrote the renamed file's offset with the new file's, and a renamed
+    file could be read again from its start; the latest row of each inode is kept.
+    """
+    if db.table("twin_sidecar_files").pks != ["path"]:
+        return
+    columns, pk, _ = TABLES["twin_sidecar_files"]
+    db.execute("ALTER TABLE twin_sidecar_files RENAME TO twin_sidecar_files_by_path")
+    for name in [r["name"] for r in db.query(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'twin_sidecar_files_by_path' "
+        "AND sql IS NOT NULL"
+    )]:
+        db.execute(f"DROP INDEX {name}")
+    db.table("twin_sidecar_files").create(columns, pk=pk)
+    names = ", ".join(columns)
+    db.execute(
+        f"INSERT OR REPLACE INTO twin_sidecar_files ({names}) "
+        f"SELECT {names} FROM twin_sidecar_files_by_path ORDER BY updated_at"
+    )
+    db.execute("DROP TABLE twin_sidecar_files_by_path")
 
 
 @contextmanager

@@ -166,12 +166,22 @@ def _day(t: datetime | date | None) -> str:
     return t.date().isoformat() if isinstance(t, datetime) else t.isoformat()
 
 
+def _plus_days(t: datetime, days: float) -> datetime:
+    """``t`` + ``days``, held at the calendar's ends: a year-9999 date must not overflow a rule."""
+    try:
+        return t + timedelta(days=days)
+    except OverflowError:
+        return (datetime.max if days > 0 else datetime.min).replace(tzinfo=t.tzinfo)
+
+
 def _trailing_since(
     levels: Sequence[Status], times: Sequence[datetime], floor: Status | None = None
 ) -> datetime | None:
     """Start of the trailing run of points at or above ``floor`` (default: the last point's level)."""
-    floor = floor or (levels[-1] if levels else None)
-    if floor is None or floor is Status.OK or levels[-1].rank < floor.rank:
+    if not levels:
+        return None
+    floor = floor or levels[-1]
+    if floor is Status.OK or levels[-1].rank < floor.rank:
         return None
     need = floor.rank
     i = len(levels) - 1
@@ -192,7 +202,7 @@ def calibration_rule(h: DeviceHistory, now: datetime, th: Thresholds) -> Finding
     last = _day(h.last_calibration)
     for limit, status in ((th.calibration_alert_days, Status.ALERT), (th.calibration_warn_days, Status.WARN)):
         if age > limit:
-            since = h.last_calibration + timedelta(days=limit)
+            since = _plus_days(h.last_calibration, limit)
             text = f"detector calibration overdue: last calibrated {last}, {age:.0f} days ago"
             text += f" (limit {limit:.0f})"
             return Finding("calibration", status, f"{text}, since {_day(since)}", since)
@@ -222,7 +232,7 @@ def ewma_chart(values: Sequence[float], th: Thresholds) -> EwmaChart | None:
     dose, half the width of the TG-116 target band), and the chart signals once ``drift_persist``
     points in a row are out. Returns None while the baseline is being learned.
     """
-    n = th.baseline_n
+    n = max(th.baseline_n, 2)  # a spread needs two points
     if len(values) <= n:
         return None
     base = values[:n]
@@ -265,7 +275,7 @@ def drift_rule(h: DeviceHistory, th: Thresholds) -> Finding:
         return Finding(
             "ei_drift", Status.OK, f"learning the exposure-index baseline ({len(values)}/{th.baseline_n})"
         )
-    times = [t for t, _ in h.deviation_indices[th.baseline_n :]]
+    times = [t for t, _ in h.deviation_indices[max(th.baseline_n, 2) :]]
     status = chart.levels[-1]
     z = chart.z[-1]
     words = f"EWMA of deviation index {z:+.2f} vs baseline {chart.mean:+.2f} (limit ±{chart.limits[-1]:.2f})"
@@ -369,7 +379,8 @@ def fault_rule(h: DeviceHistory, now: datetime, th: Thresholds) -> Finding:
     ``fault_window_days`` against the device's own earlier rate λ0, tuned to detect λ1 =
     max(2·λ0, λ0+1); decision intervals give in-control ARLs of 1000 days (WARN) and 10000 (ALERT)."""
     today = now.date()
-    first_day = min([*h.faults, *([h.first_seen.date()] if h.first_seen else [])], default=today)
+    # never after today: a device first seen "tomorrow" (a clock ahead) would leave no day to chart
+    first_day = min([*h.faults, *([h.first_seen.date()] if h.first_seen else []), today])
     window_start = max(first_day, today - timedelta(days=th.fault_window_days - 1))
     # baseline rate on a 5% log grid: decision intervals are cached per grid value
     lam0 = math.exp(round(math.log(fault_baseline(h, window_start, first_day, th)) / 0.05) * 0.05)
@@ -414,7 +425,7 @@ def temperature_rule(h: DeviceHistory, now: datetime, th: Thresholds) -> Finding
     """The last ``temp_consecutive`` readings (DetectorTemperature or sidecar telemetry, at most
     ``temp_max_age_days`` old) all outside the operating range."""
     recent = [(t, v) for t, v in h.temperatures if now - t <= timedelta(days=th.temp_max_age_days)]
-    if len(recent) < th.temp_consecutive:
+    if len(recent) < max(th.temp_consecutive, 1):
         return Finding("temperature", Status.OK, "no recent detector temperature")
 
     def level(v: float) -> Status:
@@ -448,10 +459,10 @@ def next_service_due(h: DeviceHistory, now: datetime, th: Thresholds) -> tuple[d
     start = h.service_start or h.first_seen
     if start is None:
         return None
-    by_time = start + timedelta(days=th.service_interval_days)
+    by_time = _plus_days(start, th.service_interval_days)
     remaining = th.service_interval_exposures - h.exposures_since_service
     if h.daily_exposure_rate > 0:
-        by_use = now + timedelta(days=remaining / h.daily_exposure_rate)
+        by_use = _plus_days(now, remaining / h.daily_exposure_rate)
         if by_use < by_time:
             return by_use, f"{h.exposures_since_service} of {th.service_interval_exposures} exposures"
     elif remaining <= 0:
@@ -466,7 +477,7 @@ def service_rule(h: DeviceHistory, now: datetime, th: Thresholds) -> Finding:
     when, basis = due
     if when <= now:
         return Finding("service", Status.ALERT, f"maintenance overdue since {_day(when)} ({basis})", when)
-    warn_from = when - timedelta(days=th.service_warn_days)
+    warn_from = _plus_days(when, -th.service_warn_days)
     if warn_from <= now:
         return Finding("service", Status.WARN, f"maintenance due {_day(when)} ({basis})", warn_from)
     return Finding("service", Status.OK, f"next maintenance due {_day(when)} ({basis})")

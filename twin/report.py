@@ -152,10 +152,11 @@ def last_calibration(db: sqlite_utils.Database, device_id: int, now: datetime) -
     acq = (
         one(
             db,
-            "SELECT max(detector_calibrated_on) AS det, max(device_calibrated_on) AS dev "
-            "FROM twin_acquisitions "
-            "WHERE device_id = ? AND at <= ?",
-            [device_id, stamp],
+            # a calibration date after today is a clock ahead, not a calibration: ignored
+            "SELECT max(CASE WHEN detector_calibrated_on <= ? THEN detector_calibrated_on END) AS det, "
+            "max(CASE WHEN device_calibrated_on <= ? THEN device_calibrated_on END) AS dev "
+            "FROM twin_acquisitions WHERE device_id = ? AND at <= ?",
+            [stamp[:10], stamp[:10], device_id, stamp],
         )
         or {}
     )
@@ -254,8 +255,8 @@ def record(db: sqlite_utils.Database, dev: dict[str, Any], now: datetime, th: Th
         db,
         "SELECT day, acquisitions, faults, warnings, events, "
         "CASE WHEN di_n > 0 THEN round(di_sum / di_n, 2) END AS mean_di, round(dap_sum, 3) AS dap_sum, "
-        "round(mas_sum, 2) AS mas_sum FROM twin_daily WHERE device_id = ? ORDER BY day",
-        [device_id],
+        "round(mas_sum, 2) AS mas_sum FROM twin_daily WHERE device_id = ? AND day <= ? ORDER BY day",
+        [device_id, iso(now)[:10]],  # as of now: a day ahead is a clock ahead, never charted
     )
     faults = rows(
         db,

@@ -12,22 +12,34 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sqlite3
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import sqlite_utils
 from pydicom.dataset import Dataset
 
 from twin import registry, report, sidecar
-from twin.db import Connect, aware, bump, ensure_schema, insert, iso, one, rows, utcnow, writing
+from twin.clock import DEFAULT_MAX_SKEW_S, TimeBound
+from twin.db import COUNTERS, Connect, aware, bump, ensure_schema, insert, iso, one, rows, utcnow, writing
 from twin.headers import DeviceIdentity, InstanceHeaders, read_headers
 from twin.health import Health, Thresholds, assess
 
 log = logging.getLogger(__name__)
 
 MAINTENANCE_KINDS = report.MAINTENANCE_KINDS
+#: Every table with rows of one device (``twin_devices`` itself aside).
+DEVICE_TABLES = (
+    "twin_acquisitions",
+    "twin_config",
+    "twin_events",
+    "twin_maintenance",
+    "twin_daily",
+    "twin_health",
+    "twin_health_log",
+)
 
 
 @dataclass(slots=True)
@@ -42,6 +54,7 @@ class IngestStats:
     rotated: int = 0
     truncated: int = 0
     moved: int = 0
+    skipped: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -50,9 +63,18 @@ class IngestStats:
 class TwinStore:
     """Identity, configuration, usage, events, maintenance and health of every device."""
 
-    def __init__(self, connect: Connect, thresholds: Thresholds | None = None) -> None:
+    def __init__(
+        self,
+        connect: Connect,
+        thresholds: Thresholds | None = None,
+        max_clock_skew_s: float = DEFAULT_MAX_SKEW_S,
+    ) -> None:
         self._connect = connect
         self.thresholds = thresholds or Thresholds()
+        #: how far ahead of the node's clock a sidecar or header time may be (twin.max_clock_skew_s)
+        self.max_clock_skew_s = max_clock_skew_s
+        # sidecar files skipped, with the reason last logged: each is logged once, not every poll
+        self._skipped: dict[tuple[str, tuple[int, int]], str] = {}
         ensure_schema(connect())
 
     # --- headers -------------------------------------------------------------------------------------
@@ -70,7 +92,7 @@ class TwinStore:
             seen = one(db, "SELECT device_id FROM twin_acquisitions WHERE sop_instance_uid = ?", [uid])
             if seen:
                 return int(seen["device_id"])
-            at = _plausible(headers.usage.acquired_at, received)
+            at = _plausible(headers.usage.acquired_at, received, self.max_clock_skew_s)
             device_id, created = registry.resolve(db, headers.identity, at, "headers")
             config_id = registry.record_configuration(db, device_id, headers.configuration, at, uid)
             self._insert_acquisition(db, uid, device_id, config_id, headers, at, received)
@@ -126,66 +148,119 @@ class TwinStore:
         """Read new lines of every sidecar log under ``directory``; bad lines go to quarantine.
 
         Events and the file offset are committed together, batch by batch, so each line is read
-        once even across crashes; a renamed file resumes where it was, a rotated, truncated or
-        rewritten one is read from its start.
+        once even across crashes. Offsets belong to the file (device, inode), not to its name: a
+        renamed file resumes where it was, a rotated, truncated or rewritten one is read from its
+        start. Only regular files with one name, owned by the node's user or the folder's owner,
+        are opened; anything else is skipped with one log line. One file's trouble never stops the
+        others.
         """
         stats = IngestStats()
         directory = Path(directory)
+        found = sidecar.discover(directory)
+        if not found and not directory.is_dir():
+            return stats  # a folder that is gone (unmounted) forgets no offsets
         db = self._connect()
-        saved = {
-            r["path"]: sidecar.Saved(**{k: r[k] for k in sidecar.Saved.__slots__})
-            for r in rows(db, "SELECT * FROM twin_sidecar_files")
-        }
-        by_inode = {(s.dev, s.inode): s for s in saved.values()}
-        present = []
-        for path in sidecar.discover(directory):
-            name = path.relative_to(directory).as_posix()
-            present.append(name)
+        try:
+            allowed = sidecar.owners(directory)
+        except OSError:  # the folder went away since it was walked
+            return stats
+        # names read before this pass: a new inode under one of them is a rotation
+        names = {r["path"] for r in rows(db, "SELECT path FROM twin_sidecar_files")}
+        read: set[tuple[int, int]] = set()
+        for f in found:
             try:
-                self._ingest_file(db, path, name, saved, by_inode, stats, settle_s, batch)
+                if f.skip is not None:
+                    raise sidecar.Refused(f.skip)
+                self._ingest_file(db, f, allowed, f.name in names, read, stats, settle_s, batch)
+            except sidecar.Refused as exc:
+                self._skip(f, str(exc), stats)
             except OSError as exc:
-                log.warning("twin: sidecar file %s unreadable: %s", name, exc.strerror or exc)
-        gone = [p for p in saved if p not in present]
-        if gone:
-            with writing(db):
-                db.execute(
-                    f"DELETE FROM twin_sidecar_files WHERE path IN ({', '.join('?' * len(gone))})", gone
-                )
+                log.warning("twin: sidecar file %s unreadable: %s", f.name, exc.strerror or exc)
+            except sqlite3.Error:
+                raise  # the database, not the file: the job logs it and runs again
+            except Exception as exc:  # the type only: a message may quote the line
+                log.warning("twin: sidecar file %s not read: %s", f.name, type(exc).__name__)
+        self._skipped = {k: v for k, v in self._skipped.items() if k in {(f.name, f.key) for f in found}}
+        self._forget_gone(db, {f.key for f in found})
         if stats.lines:
             log.info("twin: sidecar %s", stats.as_dict())
         return stats
 
+    def _skip(self, f: sidecar.Found, reason: str, stats: IngestStats) -> None:
+        """Count a file that is not read, and say so once per file and reason (not every poll)."""
+        stats.skipped += 1
+        if self._skipped.get((f.name, f.key)) != reason:
+            self._skipped[(f.name, f.key)] = reason
+            log.warning("twin: sidecar file %s skipped: %s", f.name, reason)
+
+    @staticmethod
+    def _forget_gone(db: sqlite_utils.Database, present: set[tuple[int, int]]) -> None:
+        """Drop the offsets of files no longer under the folder (their inodes may be reused)."""
+        gone = [
+            (r["dev"], r["inode"])
+            for r in rows(db, "SELECT dev, inode FROM twin_sidecar_files")
+            if (r["dev"], r["inode"]) not in present
+        ]
+        if gone:
+            with writing(db):
+                db.conn.executemany("DELETE FROM twin_sidecar_files WHERE dev = ? AND inode = ?", gone)
+
     def _ingest_file(
         self,
         db: sqlite_utils.Database,
-        path: Path,
-        name: str,
-        saved: dict[str, sidecar.Saved],
-        by_inode: dict[tuple[int, int], sidecar.Saved],
+        f: sidecar.Found,
+        allowed: frozenset[int],
+        known: bool,
+        read: set[tuple[int, int]],
         stats: IngestStats,
         settle_s: float,
         batch: int,
     ) -> None:
-        st = path.stat()
-        moved = by_inode.get((st.st_dev, st.st_ino))
-        moved = moved if moved is not None and moved.path != name else None
-        offset, line_no, what = sidecar.resume_point(path, st, saved.get(name), moved)
-        stats.files += 1
-        if what in ("rotated", "truncated", "moved"):
-            setattr(stats, what, getattr(stats, what) + 1)
-            log.info("twin: sidecar file %s %s", name, what)
-        is_csv = path.suffix.lower() == ".csv"
+        fh, st = sidecar.open_log(f.path, allowed)
+        with fh:
+            key = (st.st_dev, st.st_ino)
+            if key in read:
+                return  # a second name of a file read in this pass (renamed while we walked)
+            read.add(key)
+            row = one(db, "SELECT * FROM twin_sidecar_files WHERE dev = ? AND inode = ?", list(key))
+            saved = sidecar.Saved(**{k: row[k] for k in sidecar.Saved.__slots__}) if row else None
+            offset, line_no, what = sidecar.resume_point(fh, st, saved, f.name, known)
+            stats.files += 1
+            if what in ("rotated", "truncated", "moved"):
+                setattr(stats, what, getattr(stats, what) + 1)
+                log.info("twin: sidecar file %s %s", f.name, what)
+                if saved is not None:  # say it once: the saved state now names this file as it is
+                    with writing(db):
+                        self._save_offset(db, fh, f.name, key, offset, line_no)
+            self._read_file(db, fh, f.name, key, offset, line_no, stats, settle_s, batch)
+
+    def _read_file(
+        self,
+        db: sqlite_utils.Database,
+        fh: BinaryIO,
+        name: str,
+        key: tuple[int, int],
+        offset: int,
+        line_no: int,
+        stats: IngestStats,
+        settle_s: float,
+        batch: int,
+    ) -> None:
+        """Read the opened file from ``offset`` to its last complete line, batch by batch; a rename
+        meanwhile changes nothing, the descriptor still reads the same file."""
+        is_csv = name.lower().endswith(".csv")
         header: list[str] | None = None
         header_error: str | None = None
         if is_csv and offset > 0:
             try:
-                header = sidecar.csv_header(sidecar.first_line(path))
+                header = sidecar.csv_header(sidecar.first_line(fh))
             except sidecar.BadLine as exc:
                 header_error = str(exc)
         while True:
-            lines = sidecar.read_lines(path, offset, line_no, max_lines=batch, settle_s=settle_s)
+            lines = sidecar.read_lines(fh, offset, line_no, max_lines=batch, settle_s=settle_s)
             if not lines:
                 break
+            bound = TimeBound(utcnow(), self.max_clock_skew_s)
             with writing(db):
                 for line in lines:
                     if is_csv and line.number == 1:
@@ -198,24 +273,30 @@ class TwinStore:
                     if not (line.text or "").strip() and line.error is None:
                         continue
                     stats.lines += 1
-                    self._ingest_line(db, name, line, header, header_error, stats)
+                    self._ingest_line(db, name, line, header, header_error, bound, stats)
                 offset, line_no = lines[-1].end, lines[-1].number
-                head_len = min(offset, sidecar.HEAD_BYTES)
-                db.table("twin_sidecar_files").upsert(
-                    {
-                        "path": name,
-                        "dev": st.st_dev,
-                        "inode": st.st_ino,
-                        "offset": offset,
-                        "line_no": line_no,
-                        "head": sidecar.head_hash(path, head_len),
-                        "head_len": head_len,
-                        "updated_at": iso(utcnow()),
-                    },
-                    pk="path",
-                )
+                self._save_offset(db, fh, name, key, offset, line_no)
             if len(lines) < batch:
                 break
+
+    @staticmethod
+    def _save_offset(
+        db: sqlite_utils.Database, fh: BinaryIO, name: str, key: tuple[int, int], offset: int, line_no: int
+    ) -> None:
+        head_len = min(offset, sidecar.HEAD_BYTES)
+        db.table("twin_sidecar_files").upsert(
+            {
+                "path": name,
+                "dev": key[0],
+                "inode": key[1],
+                "offset": offset,
+                "line_no": line_no,
+                "head": sidecar.head_hash(fh, head_len),
+                "head_len": head_len,
+                "updated_at": iso(utcnow()),
+            },
+            pk=("dev", "inode"),
+        )
 
     def _ingest_line(
         self,
@@ -224,6 +305,7 @@ class TwinStore:
         line: sidecar.Line,
         header: list[str] | None,
         header_error: str | None,
+        bound: TimeBound,
         stats: IngestStats,
     ) -> None:
         if line.error or line.text is None:
@@ -231,17 +313,20 @@ class TwinStore:
             return
         try:
             if header is not None:
-                event = sidecar.parse_csv(header, line.text)
+                event = sidecar.parse_csv(header, line.text, bound)
             elif name.lower().endswith(".csv"):
                 raise sidecar.BadLine(header_error or "CSV: no valid header line")
             else:
-                event = sidecar.parse_jsonl(line.text)
+                event = sidecar.parse_jsonl(line.text, bound)
             ident = DeviceIdentity(**{k: event.device.get(k) for k in sidecar.DEVICE_FIELDS})
             if not (ident.serial or ident.station) and not registry.match(db, ident):
                 raise sidecar.BadLine("device: no serial or station, and no known device with that model")
             device_id, created = registry.resolve(db, ident, event.time, "sidecar", strict=True)
         except (sidecar.BadLine, registry.AmbiguousDevice) as exc:
             self._quarantine(db, name, line, str(exc), stats)
+            return
+        except (ValueError, TypeError, ArithmeticError, RecursionError) as exc:  # a case no rule names
+            self._quarantine(db, name, line, f"line could not be read ({type(exc).__name__})", stats)
             return
         stats.devices_created += int(created)
         self._insert_event(db, device_id, event, name, line.number)
@@ -328,6 +413,67 @@ class TwinStore:
                 "recorded_at": iso(utcnow()),
             }
             return insert(db, "twin_maintenance", row)
+
+    # --- admin: remove and merge devices --------------------------------------------------------------
+
+    def device_rows(self, device_id: int) -> dict[str, int]:
+        """How many rows of each table belong to the device (what remove or merge would touch)."""
+        db = self._connect()
+        if not one(db, "SELECT id FROM twin_devices WHERE id = ?", [device_id]):
+            raise KeyError(f"no device {device_id}")
+        return {t: _count(db, t, device_id) for t in DEVICE_TABLES}
+
+    def remove_device(self, device_id: int) -> dict[str, int]:
+        """Delete a device and every row of it in one transaction (a device made by a bad line, or one
+        that left the site); returns the rows deleted per table. KeyError when unknown."""
+        db = self._connect()
+        with writing(db):
+            if not one(db, "SELECT id FROM twin_devices WHERE id = ?", [device_id]):
+                raise KeyError(f"no device {device_id}")
+            deleted = {
+                t: db.execute(f"DELETE FROM {t} WHERE device_id = ?", [device_id]).rowcount
+                for t in DEVICE_TABLES
+            }
+            db.execute("DELETE FROM twin_devices WHERE id = ?", [device_id])
+        log.info("twin: device %s removed %s", device_id, deleted)
+        return deleted
+
+    def merge_device(self, source: int, target: int) -> dict[str, int]:
+        """Move every row of ``source`` to ``target`` and delete ``source``, in one transaction (one
+        device recorded twice); returns the rows moved per table. The target keeps its identity,
+        gains the earlier first-seen and later last-seen, and its daily rollups add up."""
+        if source == target:
+            raise ValueError("a device cannot be merged into itself")
+        db = self._connect()
+        with writing(db):
+            src = one(db, "SELECT * FROM twin_devices WHERE id = ?", [source])
+            dst = one(db, "SELECT * FROM twin_devices WHERE id = ?", [target])
+            if src is None or dst is None:
+                raise KeyError(f"no device {source if src is None else target}")
+            moved = {t: _count(db, t, source) for t in DEVICE_TABLES}
+            for t in ("twin_acquisitions", "twin_config", "twin_events", "twin_maintenance", "twin_health_log"):
+                db.execute(f"UPDATE {t} SET device_id = ? WHERE device_id = ?", [target, source])
+            sums = ", ".join(f"{c} = {c} + excluded.{c}" for c in COUNTERS)
+            db.execute(
+                f"INSERT INTO twin_daily (device_id, day, {', '.join(COUNTERS)}) "
+                f"SELECT ?, day, {', '.join(COUNTERS)} FROM twin_daily WHERE device_id = ? "
+                f"ON CONFLICT(device_id, day) DO UPDATE SET {sums}",
+                [target, source],
+            )
+            db.execute("DELETE FROM twin_daily WHERE device_id = ?", [source])
+            db.execute("DELETE FROM twin_health WHERE device_id IN (?, ?)", [source, target])  # judged anew
+            updates = {
+                "first_seen": min(filter(None, (src["first_seen"], dst["first_seen"])), default=None),
+                "last_seen": max(filter(None, (src["last_seen"], dst["last_seen"])), default=None),
+                "last_acquisition": max(
+                    filter(None, (src["last_acquisition"], dst["last_acquisition"])), default=None
+                ),
+            }
+            updates |= {k: src[k] for k in ("device_uid", "institution", "department") if not dst[k] and src[k]}
+            db.table("twin_devices").update(target, updates)
+            db.execute("DELETE FROM twin_devices WHERE id = ?", [source])
+        log.info("twin: device %s merged into %s %s", source, target, moved)
+        return moved
 
     # --- reading -------------------------------------------------------------------------------------
 
@@ -448,14 +594,19 @@ class TwinStore:
 PLAUSIBLE_AGE = timedelta(days=365)
 
 
-def _plausible(acquired: datetime | None, received: datetime) -> datetime:
-    """The acquisition time when it is plausible for an image received at ``received``, else receipt."""
+def _plausible(acquired: datetime | None, received: datetime, max_skew_s: float) -> datetime:
+    """The acquisition time when it is plausible for an image received at ``received`` (at most a
+    year before it, at most the clock skew after it), else receipt."""
     if acquired is None:
         return received
     acquired = aware(acquired)
-    if received - PLAUSIBLE_AGE <= acquired <= received + timedelta(days=1):
-        return acquired
-    return received
+    bound = TimeBound(received, max_skew_s, earliest=received - PLAUSIBLE_AGE)
+    return acquired if bound.problem(acquired) is None else received
+
+
+def _count(db: sqlite_utils.Database, table: str, device_id: int) -> int:
+    row = one(db, f"SELECT count(*) AS n FROM {table} WHERE device_id = ?", [device_id])
+    return int(row["n"]) if row else 0
 
 
 def _day(d: date | None) -> str | None:

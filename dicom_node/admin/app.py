@@ -24,7 +24,7 @@ from dicom_node import __version__
 from dicom_node.admin import queries
 from dicom_node.admin.auth import token_middleware
 from dicom_node.admin.device_view import device_page, health_chart_note
-from dicom_node.admin.metrics import build_registry
+from dicom_node.admin.metrics import AdminCollector, build_registry
 from dicom_node.admin.overview import overview
 from dicom_node.admin.thumbnails import ThumbnailCache
 from dicom_node.config import Config
@@ -33,6 +33,9 @@ from dicom_node.store import JOB_STATES, Store
 from twin.store import TwinStore
 
 TEMPLATES = Path(__file__).with_name("templates")
+#: The pages' stylesheet, a file rather than inline so that the Content-Security-Policy needs no
+#: 'unsafe-inline' (limits.SECURITY_HEADERS).
+STYLESHEET = Path(__file__).with_name("static") / "console.css"
 REFRESH_S = 15
 
 
@@ -46,8 +49,9 @@ class AdminNode(Protocol):
     device_uid: str
 
 
-def create_app(node: AdminNode) -> FastAPI:
-    """The FastAPI app over ``node``; with ``admin.token`` set every route but /healthz needs it."""
+def create_app(node: AdminNode, http_counters: dict[str, int] | None = None) -> FastAPI:
+    """The FastAPI app over ``node``; with ``admin.token`` set every route but /healthz needs it.
+    ``http_counters`` are the server's refused and timed-out connections, for /metrics."""
     started_at = time.time()
     app = FastAPI(
         title="dicom-node admin",
@@ -59,6 +63,8 @@ def create_app(node: AdminNode) -> FastAPI:
     app.middleware("http")(token_middleware(node.cfg.admin.token))
     registry = build_registry(node, __version__, started_at)
     thumbnails = ThumbnailCache()
+    registry.register(AdminCollector(thumbnails, http_counters if http_counters is not None else {}))
+    stylesheet = STYLESHEET.read_bytes()
     templates = _templates()
 
     def render(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
@@ -132,13 +138,17 @@ def create_app(node: AdminNode) -> FastAPI:
                       overlays={i["sop_instance_uid"] for i in instances
                                 if any(r["kind"] == "sc" for r in i["results"])})
 
+    @app.get("/static/console.css", include_in_schema=False)
+    def console_css() -> Response:
+        return Response(stylesheet, media_type="text/css", headers={"Cache-Control": "private, max-age=3600"})
+
     @app.get("/thumbs/{sop_instance_uid}.png", include_in_schema=False)
     def thumbnail(sop_instance_uid: str, size: int = Query(192, ge=48, le=1024)) -> Response:
-        path = queries.overlay_path(node.store, sop_instance_uid)
-        if path is None:
+        found = queries.overlay(node.store, sop_instance_uid)
+        if found is None:
             raise HTTPException(404, "no overlay for this instance")
         try:
-            png = thumbnails.png(path, size)
+            png = thumbnails.png(*found, size)
         except (OSError, ValueError) as exc:  # gone from the outbox, or not an image pydicom can decode
             raise HTTPException(404, f"overlay unreadable: {type(exc).__name__}") from None
         return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})

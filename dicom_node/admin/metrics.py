@@ -14,6 +14,8 @@ the figures are right after a restart and agree with ``dicom-node status``. Fami
 - ``devices{status="OK|WARN|ALERT"}``: device-twin health
 - ``model_info{name,version}``: the model behind the latest analysis
 - ``info{version,ae_title}``, ``admin_start_time_seconds``
+- ``admin_http_refused_total``, ``admin_http_timeouts_total``, ``admin_thumbnail_decodes_total``,
+  ``admin_thumbnail_cache_bytes``: the console's own guards (:class:`AdminCollector`)
 """
 
 from __future__ import annotations
@@ -146,6 +148,27 @@ def active_associations(node: Any) -> int:
     if server is None:
         return 0
     return sum(1 for a in list(server.active_associations) if a.is_established)
+
+
+class AdminCollector(Collector):
+    """The console's own guards: HTTP connections refused past the cap or cut by a timeout, and the
+    thumbnail cache (overlays decoded, bytes held)."""
+
+    def __init__(self, thumbnails: Any, http_counters: dict[str, int]) -> None:
+        self.thumbnails = thumbnails
+        self.http = http_counters
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily("dicom_node_admin_http_refused",
+                                  "HTTP connections refused past admin.max_connections",
+                                  value=self.http.get("refused", 0))
+        yield CounterMetricFamily("dicom_node_admin_http_timeouts",
+                                  "HTTP connections closed for slow headers or a stuck response",
+                                  value=self.http.get("timed_out", 0))
+        yield CounterMetricFamily("dicom_node_admin_thumbnail_decodes", "Overlays decoded for thumbnails",
+                                  value=self.thumbnails.decodes)
+        yield GaugeMetricFamily("dicom_node_admin_thumbnail_cache_bytes", "Bytes held by the thumbnail caches",
+                                value=self.thumbnails.cached_bytes)
 
 
 def build_registry(node: Any, version: str = "", started_at: float | None = None) -> CollectorRegistry:

@@ -52,12 +52,12 @@ def study_count(store: Store) -> int:
     return int(store.conn().execute("SELECT COUNT(DISTINCT study_instance_uid) FROM instances").fetchone()[0])
 
 
-def overlay_path(store: Store, source_sop_instance_uid: str) -> str | None:
-    """Outbox path of the Secondary Capture overlay made for one received instance, if any."""
+def overlay(store: Store, source_sop_instance_uid: str) -> tuple[str, str] | None:
+    """(result UID, outbox path) of the Secondary Capture overlay made for one received instance, if any."""
     row = store.conn().execute(
-        "SELECT path FROM results WHERE source_sop_instance_uid = ? AND kind = 'sc'",
+        "SELECT sop_instance_uid, path FROM results WHERE source_sop_instance_uid = ? AND kind = 'sc'",
         (source_sop_instance_uid,)).fetchone()
-    return str(row[0]) if row else None
+    return (str(row[0]), str(row[1])) if row else None
 
 
 def recent_associations(store: Store, limit: int = 10, *, after_id: int = 0) -> list[dict[str, Any]]:

@@ -3,7 +3,8 @@
 The node owns SIGTERM and SIGINT, so uvicorn never installs signal handlers here; ``stop()`` asks it
 to finish its requests and waits for the thread. The listening socket is bound in ``start()``, so a
 port already in use stops the node's start with an error naming the admin address, and port 0 gets
-a free port, which is logged and kept in ``address``.
+a free port, which is logged and kept in ``address``. HTTP is bounded (connections, header time,
+threads, descriptors) so that no load on it can starve the DICOM receiver: see ``limits``.
 """
 
 from __future__ import annotations
@@ -16,9 +17,18 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import anyio.to_thread
 import uvicorn
 
 from dicom_node.admin.app import AdminNode, create_app
+from dicom_node.admin.limits import (
+    ADMIN_THREADS,
+    SECURITY_HEADERS,
+    Budget,
+    descriptor_budget,
+    guarded_protocol,
+    listen_backlog,
+)
 
 log = logging.getLogger("dicom_node.admin")
 
@@ -32,13 +42,22 @@ class _ThreadServer(uvicorn.Server):
     def capture_signals(self) -> Iterator[None]:
         yield
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        # anyio's limiter is per event loop: set here, inside it. Each handler thread opens its own
+        # SQLite files, so the thread count is part of the HTTP descriptor share.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = ADMIN_THREADS
+        await super().startup(sockets=sockets)
+
 
 class AdminServer:
     """``start()`` serves the API, /metrics and the dashboard on ``admin.host:admin.port``; ``stop()`` ends it."""
 
     def __init__(self, node: AdminNode) -> None:
         self.node = node
-        self.app = create_app(node)
+        #: Checked when the node is built, so a limit too low stops it with one line before it listens.
+        self.budget: Budget = descriptor_budget(node.cfg)
+        self.protocol = guarded_protocol(node.cfg, self.budget)
+        self.app = create_app(node, http_counters=self.protocol.counters)
         self.address: tuple[str, int] | None = None
         self._server: _ThreadServer | None = None
         self._thread: threading.Thread | None = None
@@ -59,7 +78,10 @@ class AdminServer:
         sock = _bind(cfg.host, cfg.port)
         self._socket = sock
         config = uvicorn.Config(self.app, log_config=None, access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=5, server_header=False)
+                                timeout_graceful_shutdown=5, server_header=False, http=self.protocol, ws="none",
+                                backlog=listen_backlog(cfg.max_connections),
+                                timeout_keep_alive=cfg.keepalive_timeout_s,
+                                headers=[(k, v) for k, v in SECURITY_HEADERS])
         self._server = _ThreadServer(config)
         self._thread = threading.Thread(target=self._run, args=(sock,), name="admin-http", daemon=True)
         self._thread.start()
@@ -71,7 +93,10 @@ class AdminServer:
             time.sleep(0.02)
         host, port = sock.getsockname()[:2]
         self.address = (str(host), int(port))
-        log.info("admin console serving", extra={"url": self.url, "token": cfg.token is not None})
+        log.info("admin console serving", extra={
+            "url": self.url, "token": bool(cfg.token), "max_connections": cfg.max_connections,
+            "nofile": self.budget.soft, "fd_budget": f"http {self.budget.http} + dicom {self.budget.dicom}"
+                                                     f" of {self.budget.ceiling}"})
         return self.address
 
     def _run(self, sock: socket.socket) -> None:

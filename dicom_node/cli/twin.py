@@ -1,4 +1,4 @@
-"""Device-twin commands: ``devices``, ``device ID`` and ``maintenance add ID``.
+"""Device-twin commands: ``devices``, ``device ID`` (``--remove``, ``--merge-into``) and ``maintenance add ID``.
 
 They read (and, for maintenance, write) the twin's tables in the node's database, so they work
 while the node serves. ``register(app)`` adds them to the root ``dicom-node`` command.
@@ -38,8 +38,6 @@ def _device_id(store: TwinStore, ref: str) -> int:
     return found
 
 
-
-
 def _status(status: str) -> str:
     return f"[{_STYLE.get(status, '')}]{status}[/]"
 
@@ -73,11 +71,26 @@ def devices(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
 
 def device(
     ref: Annotated[str, typer.Argument(metavar="ID", help="device id, serial number or station name")],
+    remove: Annotated[
+        bool, typer.Option("--remove", help="delete the device and all its rows (needs --yes)")
+    ] = False,
+    merge_into: Annotated[
+        str | None,
+        typer.Option(
+            "--merge-into", metavar="OTHER", help="move all its rows to device OTHER and delete it (needs --yes)"
+        ),
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="confirm --remove or --merge-into")] = False,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show one device's whole twin: identity, configuration history, usage, faults, maintenance, health."""
+    """Show one device's whole twin: identity, configuration history, usage, faults, maintenance, health.
+    With --remove or --merge-into, an admin deletes a device (one made by a bad log line) or merges a
+    device recorded twice."""
     store = _store(config)
+    if remove or merge_into is not None:
+        _remove_or_merge(store, ref, merge_into, yes, as_json, remove)
+        return
     rec = store.device(_device_id(store, ref))
     if as_json:
         print_json(rec)
@@ -128,6 +141,35 @@ def device(
     for m in rec["maintenance"]:
         maint.add_row(m["at"][:19], m["kind"], m["note"] or "", m["source"] or "")
     con.print(maint)
+
+
+def _remove_or_merge(
+    store: TwinStore, ref: str, merge_into: str | None, yes: bool, as_json: bool, remove: bool
+) -> None:
+    """``device ID --remove`` / ``--merge-into OTHER``: one transaction each, only with ``--yes``."""
+    if remove and merge_into is not None:
+        raise fail("--remove and --merge-into: give one of them", 2)
+    device_id = _device_id(store, ref)
+    target = None if merge_into is None else _device_id(store, merge_into)
+    if target == device_id:
+        raise fail(f"--merge-into: device {device_id} cannot be merged into itself", 2)
+    rows = store.device_rows(device_id)
+    what = ", ".join(f"{n} {t.removeprefix('twin_')}" for t, n in rows.items() if n) or "no rows"
+    if not yes:
+        act = "delete device" if target is None else f"move to device {target} the rows of device"
+        raise fail(f"this would {act} {device_id} ({what}); add --yes to do it", 2)
+    if target is None:
+        done = store.remove_device(device_id)
+        result = {"removed": device_id, "rows": done}
+        line = f"removed device {device_id} and its rows ({what})"
+    else:
+        done = store.merge_device(device_id, target)
+        result = {"merged": device_id, "into": target, "rows": done}
+        line = f"merged device {device_id} into device {target} ({what} moved)"
+    if as_json:
+        print_json(result)
+    else:
+        typer.echo(line)
 
 
 def maintenance_add(

@@ -169,3 +169,38 @@ def test_fault_rule_uses_the_device_baseline() -> None:
     recent: dict[date, dict[str, int]] = {d: {"E1": 3} for d in days[:3]}
     quiet = DeviceHistory(first_seen=NOW - timedelta(days=60), faults=recent)
     assert fault_rule(quiet, NOW, Thresholds()).status is Status.ALERT
+
+
+@pytest.mark.parametrize(
+    "first_seen",
+    [
+        NOW + timedelta(hours=23),
+        datetime(9999, 12, 31, 23, tzinfo=NOW.tzinfo),
+        datetime(1, 1, 1, tzinfo=NOW.tzinfo),
+        None,
+    ],
+)
+def test_rules_are_safe_on_any_history(first_seen: datetime | None) -> None:
+    """Issue 12 item 3: a device first seen tomorrow (a clock ahead) left the fault rule no day and
+    raised IndexError on every page; no history may make a rule raise."""
+    far = datetime(9999, 12, 31, tzinfo=NOW.tzinfo)
+    histories = [
+        DeviceHistory(first_seen=first_seen),
+        DeviceHistory(
+            first_seen=first_seen,
+            last_acquisition=first_seen,
+            deviation_indices=[(NOW, 4.0)],
+            acquisition_times=[NOW],
+            faults={(NOW + timedelta(days=3)).date(): {"E1": 2}, far.date(): {"": 1}},
+            last_calibration=far,
+            temperatures=[(NOW, 60.0)],
+            service_start=first_seen,
+            exposures_since_service=10**9,
+            daily_exposure_rate=1e-300,
+        ),
+    ]
+    for th in (Thresholds(), Thresholds(baseline_n=0, temp_consecutive=0, drift_persist=0, di_window=1)):
+        for h in histories:
+            health = assess(h, NOW, th)
+            assert health.status in set(Status) and len(health.findings) == 7
+            assert health.as_dict()["status"] == health.status.value

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from twin_support import NOW, event, new_store, write_jsonl
 
+from twin import sidecar
+from twin.db import thread_local_connect, utcnow
 from twin.store import TwinStore
 
 
@@ -175,7 +178,10 @@ def test_ambiguous_device_is_quarantined(tmp_path: Path, side: Path) -> None:
 
 
 def test_a_crash_mid_batch_reads_nothing_twice(tmp_path: Path, side: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Events and the offset commit together: a failure rolls both back, the retry reads each line once."""
+    """Events and the offset commit together: a failure rolls both back, the retry reads each line once.
+
+    A database error (here: the disk) stops the pass, as a crash would; any other error stops only
+    its file (see test_twin_attacks.py)."""
     store = new_store(tmp_path)
     write_jsonl(side / "a.jsonl", [_ok(i) for i in range(5)])
     real = TwinStore._insert_event
@@ -184,13 +190,85 @@ def test_a_crash_mid_batch_reads_nothing_twice(tmp_path: Path, side: Path, monke
     def flaky(*args: object, **kwargs: object) -> None:
         calls["n"] += 1
         if calls["n"] == 3:
-            raise RuntimeError("power cut")
+            raise sqlite3.OperationalError("disk I/O error")
         real(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(TwinStore, "_insert_event", staticmethod(flaky))
-    with pytest.raises(RuntimeError):
+    with pytest.raises(sqlite3.OperationalError):
         store.ingest_sidecar(side, settle_s=0)
     assert _events(store) == []
     monkeypatch.setattr(TwinStore, "_insert_event", staticmethod(real))
     assert store.ingest_sidecar(side, settle_s=0).events == 5
     assert [n for _, n in _events(store)] == [1, 2, 3, 4, 5]
+
+
+def test_times_too_far_ahead_or_reset_are_quarantined(tmp_path: Path, side: Path) -> None:
+    """Issue 12 items 3 and 7: one bound on every sidecar time (twin.max_clock_skew_s), and a time
+    that cannot even be placed in the local zone (year 1) is a bad line, not a stopped intake."""
+    now = utcnow()
+    lines = [
+        event(now + timedelta(minutes=4), "power"),  # within the default 300 s: kept
+        event(now + timedelta(hours=5), "power"),
+        {**event(now, "power"), "time": "9999-12-31T23:59:59+00:00"},
+        {**event(now, "power"), "time": "0001-01-01T00:00:00"},
+        {**event(now, "power"), "time": "1970-01-01T00:00:00+00:00"},
+        event(now - timedelta(days=400), "power"),  # old but real: kept
+    ]
+    write_jsonl(side / "a.jsonl", lines)
+    write_jsonl(side / "b.jsonl", [event(now, "power", serial="SN-AFTER")])
+    stats = new_store(tmp_path).ingest_sidecar(side, settle_s=0)
+    assert (stats.events, stats.quarantined) == (3, 4)
+    reasons = {q["line_no"]: q["reason"] for q in new_store(tmp_path).quarantine()}
+    assert "5.0 h ahead of the node's clock" in reasons[2] and "max_clock_skew_s 300" in reasons[2]
+    assert "days ahead" in reasons[3] and reasons[4].startswith("time: out of range")
+    assert "before 1990-01-01" in reasons[5]
+    # a wider tolerance is the admin's choice
+    wide = TwinStore(thread_local_connect(tmp_path / "wide.db"), max_clock_skew_s=6 * 3600)
+    assert wide.ingest_sidecar(side, settle_s=0).events == 4
+
+
+def test_a_fifo_swapped_in_after_discovery_is_refused_without_blocking(side: Path) -> None:
+    """The checks run again on the opened descriptor: O_NONBLOCK, O_NOFOLLOW, fstat."""
+    side.mkdir(parents=True)
+    os.mkfifo(side / "pipe.jsonl")
+    write_jsonl(side / "real.jsonl", [_ok(1)])
+    allowed = sidecar.owners(side)
+    with pytest.raises(sidecar.Refused, match="not a regular file"):
+        sidecar.open_log(side / "pipe.jsonl", allowed)
+    os.symlink(side / "real.jsonl", side / "link.jsonl")
+    with pytest.raises(sidecar.Refused, match="symbolic link"):
+        sidecar.open_log(side / "link.jsonl", allowed)
+    os.link(side / "real.jsonl", side / "hard.jsonl")
+    with pytest.raises(sidecar.Refused, match="hard link"):
+        sidecar.open_log(side / "real.jsonl", allowed)
+    assert {f.name: f.skip for f in sidecar.discover(side)} == {
+        "hard.jsonl": "hard link (2 names)",
+        "link.jsonl": "symbolic link",
+        "pipe.jsonl": "not a regular file",
+        "real.jsonl": "hard link (2 names)",
+    }
+
+
+def test_offsets_kept_by_path_before_are_rekeyed_by_inode(tmp_path: Path, side: Path) -> None:
+    """A database from before issue 12 (twin_sidecar_files keyed by path) keeps its offsets."""
+    write_jsonl(side / "a.jsonl", [_ok(1), _ok(2)])
+    store = new_store(tmp_path)
+    assert store.ingest_sidecar(side, settle_s=0).events == 2
+    db = sqlite3.connect(tmp_path / "node.db")
+    columns = "path, dev, inode, offset, line_no, head, head_len, updated_at"
+    row = db.execute(f"SELECT {columns} FROM twin_sidecar_files").fetchone()
+    db.executescript(
+        "DROP TABLE twin_sidecar_files; DROP INDEX IF EXISTS twin_sidecar_files_path;"
+        "CREATE TABLE twin_sidecar_files (path TEXT PRIMARY KEY, dev INTEGER, inode INTEGER, offset INTEGER,"
+        " line_no INTEGER, head TEXT, head_len INTEGER, updated_at TEXT);"
+        "CREATE INDEX idx_twin_sidecar_files_dev_inode ON twin_sidecar_files (dev, inode);"
+    )
+    db.execute("INSERT INTO twin_sidecar_files VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
+    db.execute("INSERT INTO twin_sidecar_files VALUES ('old-name.jsonl', ?, ?, 0, 0, '', 0, '2000')", row[1:3])
+    db.commit()
+    db.close()
+    write_jsonl(side / "a.jsonl", [_ok(3)], mode="a")
+    again = new_store(tmp_path)
+    assert again._connect().table("twin_sidecar_files").pks == ["dev", "inode"]
+    assert again.ingest_sidecar(side, settle_s=0).events == 1
+    assert [n for _, n in _events(again)] == [1, 2, 3]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 from twin_support import NOW, PATIENT_ID, PATIENT_NAME, event, make_ds, new_store, times, write_jsonl
 
+from twin.db import iso
 from twin.store import TwinStore
 
 
@@ -201,3 +202,19 @@ def test_implausible_acquisition_dates_fall_back_to_receipt(tmp_path) -> None:  
     assert dev["acquisitions"] == len(files)
     assert dev["last_seen"].startswith("2026-11-01")
     assert dev["health"]["status"] == "OK", dev["health"]
+
+
+def test_header_times_ahead_of_the_clock_fall_back_to_receipt(tmp_path: Path) -> None:
+    """Issue 12 item 3, headers: the same bound as sidecar lines (twin.max_clock_skew_s)."""
+    store = new_store(tmp_path)
+    received = NOW
+    store.record_instance(make_ds("9.1", NOW + timedelta(minutes=4)), received_at=received)
+    store.record_instance(make_ds("9.2", NOW + timedelta(hours=5)), received_at=received)
+    store.record_instance(
+        make_ds("9.3", NOW - timedelta(hours=1), calibrated=date(9999, 12, 31)), received_at=received
+    )
+    at = {r["sop_instance_uid"]: r["at"] for r in store._connect().query("SELECT * FROM twin_acquisitions")}
+    assert at["9.1"].startswith("2025-03-01T12:04") and at["9.2"] == iso(received)
+    [dev] = store.devices(NOW)
+    assert dev["last_seen"] <= iso(NOW + timedelta(minutes=5))
+    assert store.device(dev["id"], NOW)["last_calibration"] is None  # a calibration "in 9999" is no date
