@@ -11,7 +11,7 @@ import ipaddress
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -25,6 +25,9 @@ _AE_RE = re.compile(r"^[\x20-\x7e]{1,16}$")
 class ConfigError(ValueError):
     """A configuration problem, phrased as one line naming the key."""
 
+
+if TYPE_CHECKING:
+    from twin.health import Thresholds
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -199,6 +202,33 @@ class TwinConfig(_Section):
     evaluate_every_s: float = Field(60.0, gt=0)
     retention_days: int = Field(90, ge=1)
     max_clock_skew_s: float = Field(300.0, ge=0)  # a sidecar or header time further ahead is refused
+    # named measurements of sidecar telemetry: {NAME: {unit, warn: [lo, hi], alert: [lo, hi], forecast}}
+    # merged over twin.signals.DEFAULT_SIGNALS (a null entry removes a default); docs/twin.md
+    signals: dict[str, dict[str, Any] | None] | None = None
+    forecast_window_days: int = Field(60, ge=7, le=365)
+    forecast_warn_days: float = Field(14.0, ge=0)
+    forecast_alert_days: float = Field(3.0, ge=0)
+
+    @model_validator(mode="after")
+    def _check_signals(self) -> TwinConfig:
+        from twin.signals import signals_from_config
+
+        signals_from_config(self.signals)  # raises ValueError naming the field
+        if self.forecast_alert_days > self.forecast_warn_days:
+            raise ValueError("twin.forecast_alert_days must not exceed twin.forecast_warn_days")
+        return self
+
+    def thresholds(self) -> Thresholds:
+        """The twin's :class:`twin.health.Thresholds` with these signals and forecast settings."""
+        from twin.health import Thresholds
+        from twin.signals import signals_from_config
+
+        return Thresholds(
+            signals=signals_from_config(self.signals),
+            forecast_window_days=self.forecast_window_days,
+            forecast_warn_days=self.forecast_warn_days,
+            forecast_alert_days=self.forecast_alert_days,
+        )
 
 
 ADMIN_TOKEN_MIN = 16

@@ -1,4 +1,5 @@
-"""Health of one device: six rules, each OK / WARN / ALERT with a reason in words and since when.
+"""Health of one device: six rules, and range, forecast or count rules per signal (twin.signals),
+each OK / WARN / ALERT with a reason in words and since when.
 
 The rules are pure functions of a :class:`DeviceHistory` (built by :mod:`twin.store`) and ``now``,
 so they can be tested and measured without a database. Thresholds live in :class:`Thresholds`;
@@ -18,6 +19,8 @@ from enum import StrEnum
 from functools import lru_cache
 
 import numpy as np
+
+from twin.signals import DEFAULT_SIGNALS, Forecast, Signal, forecast
 
 
 class Status(StrEnum):
@@ -52,6 +55,7 @@ class Finding:
 class Health:
     status: Status
     findings: tuple[Finding, ...]
+    forecasts: tuple[Forecast, ...] = ()
 
     @property
     def reasons(self) -> list[str]:
@@ -71,6 +75,7 @@ class Health:
             "reasons": self.reasons,
             "since": self.since.isoformat() if self.since else None,
             "findings": [f.as_dict() for f in self.findings],
+            "forecasts": [f.as_dict() for f in self.forecasts],
         }
 
 
@@ -103,13 +108,17 @@ class Thresholds:
     fault_baseline_upper: bool = True
     fault_arl_warn_days: float = 2000.0
     fault_arl_alert_days: float = 20000.0
-    # detector temperature (deg C)
-    temp_warn_low: float = 10.0
-    temp_warn_high: float = 40.0
-    temp_alert_low: float = 5.0
-    temp_alert_high: float = 45.0
+    # signals (sidecar telemetry values, detector temperature also from the headers): their ranges
+    signals: tuple[Signal, ...] = DEFAULT_SIGNALS
+    # a range rule needs the last temp_consecutive readings (at most temp_max_age_days old) outside
     temp_consecutive: int = 2
     temp_max_age_days: float = 7.0
+    # forecast: Theil-Sen on daily medians over the window; WARN / ALERT when the crossing is this near
+    forecast_window_days: int = 60
+    forecast_min_days: int = 10
+    forecast_warn_days: float = 14.0
+    forecast_alert_days: float = 3.0
+    forecast_horizon_days: float = 90.0
     # service interval
     service_interval_days: float = 182.0
     service_interval_exposures: int = 20000
@@ -137,8 +146,9 @@ class DeviceHistory:
     # fault codes counted per UTC day ("" for a fault without code)
     faults: Mapping[date, Mapping[str, int]] = field(default_factory=dict)
     last_calibration: datetime | None = None
-    # (time, deg C) of recent detector temperature readings, oldest first
-    temperatures: Sequence[tuple[datetime, float]] = ()
+    # per signal name: (time, value) readings of the forecast window, oldest first (detector
+    # temperature from the headers too); a counted signal's values are summed per day
+    signals: Mapping[str, Sequence[tuple[datetime, float]]] = field(default_factory=dict)
     service_start: datetime | None = None
     exposures_since_service: int = 0
     daily_exposure_rate: float = 0.0
@@ -147,17 +157,18 @@ class DeviceHistory:
 def assess(history: DeviceHistory, now: datetime, th: Thresholds | None = None) -> Health:
     """All rules on one device; the overall status is the worst rule's."""
     th = th or Thresholds()
+    sig_findings, forecasts = signal_findings(history, now, th)
     findings = (
         calibration_rule(history, now, th),
         drift_rule(history, th),
         di_absolute_rule(history, th),
         fault_rule(history, now, th),
-        temperature_rule(history, now, th),
+        *sig_findings,
         service_rule(history, now, th),
         silence_rule(history, now, th),
     )
     worst = max((f.status for f in findings), key=lambda s: s.rank)
-    return Health(worst, findings)
+    return Health(worst, findings, tuple(forecasts))
 
 
 def _day(t: datetime | date | None) -> str:
@@ -374,10 +385,27 @@ def fault_baseline(h: DeviceHistory, window_start: date, first_day: date, th: Th
     return max(upper / days, th.fault_rate_floor)
 
 
-def fault_rule(h: DeviceHistory, now: datetime, th: Thresholds) -> Finding:
-    """Poisson CUSUM (Lucas, Technometrics 1985) on faults per day over the last
+@dataclass(frozen=True, slots=True)
+class Cusum:
+    """A Poisson CUSUM run over the days of the window: its level per day and what the text needs."""
+
+    levels: list[Status]
+    days: list[date]
+    s: int
+    lam0: float
+    h_warn: int
+    h_alert: int
+    onset: date
+
+
+def poisson_cusum(
+    counts: Mapping[date, Mapping[str, int]], first_seen: datetime | None, now: datetime, th: Thresholds
+) -> Cusum:
+    """Poisson CUSUM (Lucas, Technometrics 1985) on counts per day over the last
     ``fault_window_days`` against the device's own earlier rate λ0, tuned to detect λ1 =
-    max(2·λ0, λ0+1); decision intervals give in-control ARLs of 1000 days (WARN) and 10000 (ALERT)."""
+    max(2·λ0, λ0+1); decision intervals give in-control ARLs of ``fault_arl_warn_days`` and
+    ``fault_arl_alert_days``. Faults, and counted signals such as high-voltage arcs, use it."""
+    h = DeviceHistory(first_seen=first_seen, faults=counts)
     today = now.date()
     # never after today: a device first seen "tomorrow" (a clock ahead) would leave no day to chart
     first_day = min([*h.faults, *([h.first_seen.date()] if h.first_seen else []), today])
@@ -400,54 +428,149 @@ def fault_rule(h: DeviceHistory, now: datetime, th: Thresholds) -> Finding:
         levels.append(Status.ALERT if s >= h_alert else Status.WARN if s >= h_warn else Status.OK)
         days.append(d)
         d += timedelta(days=1)
+    return Cusum(levels, days, s, lam0, h_warn, h_alert, onset)
+
+
+def fault_rule(h: DeviceHistory, now: datetime, th: Thresholds) -> Finding:
+    """Fault events per day through :func:`poisson_cusum`; decision intervals give in-control ARLs
+    of 2000 days (WARN) and 20000 (ALERT)."""
+    c = poisson_cusum(h.faults, h.first_seen, now, th)
+    levels, days = c.levels, c.days
     recent = sum(sum(h.faults.get(x, {}).values()) for x in days)
     if levels[-1] is Status.OK:
-        text = f"fault rate normal: {recent} fault(s) in {len(days)} day(s) (baseline {lam0:.2f}/day)"
+        text = f"fault rate normal: {recent} fault(s) in {len(days)} day(s) (baseline {c.lam0:.2f}/day)"
         return Finding("fault_rate", Status.OK, text)
     since_day = _trailing_since(levels, [datetime.combine(x, time(), now.tzinfo) for x in days])
     codes: Counter[str] = Counter()
     for x in days:
-        if x >= onset:
+        if x >= c.onset:
             codes.update(h.faults.get(x, {}))
-    named = ", ".join(f"{c or 'no code'} x{n}" for c, n in codes.most_common(5))
-    limit = (h_alert if levels[-1] is Status.ALERT else h_warn) / _GRID
+    named = ", ".join(f"{code or 'no code'} x{n}" for code, n in codes.most_common(5))
+    limit = (c.h_alert if levels[-1] is Status.ALERT else c.h_warn) / _GRID
     text = (
-        f"fault rate up: {codes.total()} faults since {onset.isoformat()} vs baseline {lam0:.2f}/day "
-        f"(Poisson CUSUM {s / _GRID:.1f} >= {limit:.1f}); faults {named}; since {_day(since_day or now)}"
+        f"fault rate up: {codes.total()} faults since {c.onset.isoformat()} vs baseline {c.lam0:.2f}/day "
+        f"(Poisson CUSUM {c.s / _GRID:.1f} >= {limit:.1f}); faults {named}; since {_day(since_day or now)}"
     )
     return Finding("fault_rate", levels[-1], text, since_day)
 
 
-# --- detector temperature ----------------------------------------------------------------------------
+# --- signals: range, forecast, count ----------------------------------------------------------------
+
+_LEVELS = (Status.OK, Status.WARN, Status.ALERT)
 
 
-def temperature_rule(h: DeviceHistory, now: datetime, th: Thresholds) -> Finding:
-    """The last ``temp_consecutive`` readings (DetectorTemperature or sidecar telemetry, at most
-    ``temp_max_age_days`` old) all outside the operating range."""
-    recent = [(t, v) for t, v in h.temperatures if now - t <= timedelta(days=th.temp_max_age_days)]
+def _fmt(v: float) -> str:
+    return f"{v:.1f}" if abs(v) < 1000 else f"{v:.0f}"
+
+
+def _range_words(sig: Signal, lo: float | None, hi: float | None) -> str:
+    unit = f" {sig.unit}" if sig.unit else ""
+    if lo is not None and hi is not None:
+        return f"outside {lo:g}-{hi:g}{unit}"
+    return f"above {hi:g}{unit}" if hi is not None else f"below {lo:g}{unit}"
+
+
+def range_rule(sig: Signal, readings: Sequence[tuple[datetime, float]], now: datetime, th: Thresholds) -> Finding:
+    """The last ``temp_consecutive`` readings (at most ``temp_max_age_days`` old) all outside the
+    signal's warn range (WARN) or alert range (ALERT). Detector temperature was the first such rule."""
+    unit = f" {sig.unit}" if sig.unit else ""
+    recent = [(t, v) for t, v in readings if now - t <= timedelta(days=th.temp_max_age_days)]
     if len(recent) < max(th.temp_consecutive, 1):
-        return Finding("temperature", Status.OK, "no recent detector temperature")
-
-    def level(v: float) -> Status:
-        if not th.temp_alert_low <= v <= th.temp_alert_high:
-            return Status.ALERT
-        if not th.temp_warn_low <= v <= th.temp_warn_high:
-            return Status.WARN
-        return Status.OK
-
-    levels = [level(v) for _, v in recent]
-    status = min(levels[-th.temp_consecutive :], key=lambda s: s.rank)
+        return Finding(sig.name, Status.OK, f"no recent {sig.label}")
+    levels = [_LEVELS[sig.level(v)] for _, v in recent]
+    status = min(levels[-max(th.temp_consecutive, 1) :], key=lambda s: s.rank)
     last = recent[-1][1]
     if status is Status.OK:
-        return Finding("temperature", Status.OK, f"detector temperature {last:.1f} °C")
+        return Finding(sig.name, Status.OK, f"{sig.label} {_fmt(last)}{unit}")
     since = _trailing_since(levels, [t for t, _ in recent], floor=status)
-    lo, hi = (
-        (th.temp_alert_low, th.temp_alert_high)
-        if status is Status.ALERT
-        else (th.temp_warn_low, th.temp_warn_high)
+    lo, hi = sig.alert if status is Status.ALERT else sig.warn
+    text = f"{sig.label} {_fmt(last)}{unit} {_range_words(sig, lo, hi)}, since {_day(since)}"
+    return Finding(sig.name, status, text, since)
+
+
+def forecast_rule(
+    sig: Signal, readings: Sequence[tuple[datetime, float]], now: datetime, th: Thresholds
+) -> tuple[Finding, list[Forecast]]:
+    """Theil-Sen trend of the daily medians (:func:`twin.signals.forecast`): WARN when it crosses a
+    warn or alert bound within ``forecast_warn_days``, ALERT when it crosses the alert bound within
+    ``forecast_alert_days``; the reason names the signal, the bound and the date."""
+    rule = f"{sig.name}_forecast"
+    recent = [(t, v) for t, v in readings if t <= now]
+    fresh = bool(recent) and now - recent[-1][0] <= timedelta(days=th.temp_max_age_days)
+    found = (
+        forecast(sig, recent, now, th.forecast_window_days, th.forecast_min_days, th.forecast_horizon_days)
+        if fresh
+        else []
     )
-    text = f"detector temperature {last:.1f} °C outside {lo:g}-{hi:g} °C, since {_day(since)}"
-    return Finding("temperature", status, text, since)
+    if not found:
+        return Finding(rule, Status.OK, f"{sig.label}: no trend towards its limits"), []
+    best: tuple[Status, Forecast] | None = None
+    for f in found:
+        days = (f.crossing_at - now).total_seconds() / 86400
+        status = Status.OK
+        if f.kind == "alert" and days <= th.forecast_alert_days:
+            status = Status.ALERT
+        elif days <= th.forecast_warn_days:
+            status = Status.WARN
+        if best is None or status.rank > best[0].rank:
+            best = (status, f)
+    assert best is not None
+    status, f = best
+    unit = f" {f.unit}" if f.unit else ""
+    verb = "rise above" if f.side == "high" else "fall below"
+    text = (
+        f"{sig.label} forecast to {verb} its {f.kind} limit {f.limit:g}{unit} on {_day(f.crossing_at)} "
+        f"(95% band {_day(f.band[0])} to {_day(f.band[1])}; Theil-Sen {f.slope_per_day:+.3g}{unit}/day "
+        f"over {f.days} days)"
+    )
+    if status is Status.OK:
+        return Finding(rule, Status.OK, text), found
+    since = _plus_days(f.crossing_at, -(th.forecast_alert_days if status is Status.ALERT else th.forecast_warn_days))
+    return Finding(rule, status, text, min(since, now)), found
+
+
+def count_rule(sig: Signal, readings: Sequence[tuple[datetime, float]], first_seen: datetime | None,
+               now: datetime, th: Thresholds) -> Finding:
+    """A counted signal (e.g. high-voltage arcs since the last line) summed per UTC day and charted
+    with the fault rule's Poisson CUSUM."""
+    per_day: dict[date, dict[str, int]] = {}
+    for t, v in readings:
+        if t <= now and v > 0:
+            day = per_day.setdefault(t.date(), {sig.name: 0})
+            day[sig.name] += round(v)
+    c = poisson_cusum(per_day, first_seen, now, th)
+    recent = sum(sum(per_day.get(x, {}).values()) for x in c.days)
+    if c.levels[-1] is Status.OK:
+        text = f"{sig.label} normal: {recent} in {len(c.days)} day(s) (baseline {c.lam0:.2f}/day)"
+        return Finding(sig.name, Status.OK, text)
+    since_day = _trailing_since(c.levels, [datetime.combine(x, time(), now.tzinfo) for x in c.days])
+    n = sum(sum(per_day.get(x, {}).values()) for x in c.days if x >= c.onset)
+    limit = (c.h_alert if c.levels[-1] is Status.ALERT else c.h_warn) / _GRID
+    text = (
+        f"{sig.label} up: {n} since {c.onset.isoformat()} vs baseline {c.lam0:.2f}/day "
+        f"(Poisson CUSUM {c.s / _GRID:.1f} >= {limit:.1f}); since {_day(since_day or now)}"
+    )
+    return Finding(sig.name, c.levels[-1], text, since_day)
+
+
+def signal_findings(h: DeviceHistory, now: datetime, th: Thresholds) -> tuple[list[Finding], list[Forecast]]:
+    """Per declared signal with readings (detector temperature always): its range rule, or its count
+    rule when counted, and its forecast rule when forecast."""
+    findings: list[Finding] = []
+    forecasts: list[Forecast] = []
+    for sig in th.signals:
+        readings = h.signals.get(sig.name, ())
+        if not readings and sig.name != "detector_temperature":
+            continue
+        if sig.counted:
+            findings.append(count_rule(sig, readings, h.first_seen, now, th))
+            continue
+        findings.append(range_rule(sig, readings, now, th))
+        if sig.forecast:
+            finding, found = forecast_rule(sig, readings, now, th)
+            findings.append(finding)
+            forecasts.extend(found)
+    return findings, sorted(forecasts, key=lambda f: f.crossing_at)
 
 
 # --- service interval --------------------------------------------------------------------------------

@@ -91,17 +91,7 @@ def history(db: sqlite_utils.Database, device_id: int, now: datetime, th: Thresh
         [device_id, fault_from, stamp],
     ):
         faults[date.fromisoformat(r["day"])][r["code"]] = r["n"]
-    temp_from = iso(now - timedelta(days=th.temp_max_age_days))
-    temps = rows(
-        db,
-        "SELECT at, detector_temperature AS t FROM twin_acquisitions WHERE device_id = ? "
-        "AND at >= ? AND at <= ? "
-        "AND detector_temperature IS NOT NULL "
-        "UNION ALL SELECT at, json_extract(values_json, '$.detector_temperature') AS t FROM twin_events "
-        "WHERE device_id = ? AND kind = 'telemetry' AND at >= ? AND at <= ? "
-        "AND json_extract(values_json, '$.detector_temperature') IS NOT NULL ORDER BY at",
-        [device_id, temp_from, stamp, device_id, temp_from, stamp],
-    )
+    signals = signal_readings(db, device_id, now, th)
     service = one(
         db,
         f"SELECT max(at) AS at FROM twin_maintenance WHERE device_id = ? AND at <= ? "
@@ -130,11 +120,48 @@ def history(db: sqlite_utils.Database, device_id: int, now: datetime, th: Thresh
         acquisition_times=[from_iso(t) for t in times],  # type: ignore[misc]
         faults=dict(faults),
         last_calibration=last_calibration(db, device_id, now),
-        temperatures=[(from_iso(r["at"]), float(r["t"])) for r in temps],  # type: ignore[misc]
+        signals=signals,
         service_start=service_start,
         exposures_since_service=int(used["n"]) if used else 0,
         daily_exposure_rate=(recent["n"] if recent else 0) / span_days,
     )
+
+
+def signal_readings(
+    db: sqlite_utils.Database, device_id: int, now: datetime, th: Thresholds
+) -> dict[str, list[tuple[datetime, float]]]:
+    """Per declared signal, its (time, value) readings from sidecar telemetry (and, for detector
+    temperature, DetectorTemperature in the headers) over the longest window a signal rule needs."""
+    names = {s.name for s in th.signals}
+    days = max(th.forecast_window_days + 1, th.temp_max_age_days)
+    if any(s.counted for s in th.signals):
+        days = max(days, th.fault_window_days + th.fault_baseline_days + 1)
+    start, stamp = iso(now - timedelta(days=days)), iso(now)
+    out: dict[str, list[tuple[datetime, float]]] = defaultdict(list)
+    if "detector_temperature" in names:
+        for r in rows(
+            db,
+            "SELECT at, detector_temperature AS t FROM twin_acquisitions WHERE device_id = ? "
+            "AND at >= ? AND at <= ? AND detector_temperature IS NOT NULL",
+            [device_id, start, stamp],
+        ):
+            if (t := from_iso(r["at"])) is not None:
+                out["detector_temperature"].append((t, float(r["t"])))
+    for r in rows(
+        db,
+        "SELECT at, values_json FROM twin_events WHERE device_id = ? AND kind = 'telemetry' "
+        "AND at >= ? AND at <= ? ORDER BY at",
+        [device_id, start, stamp],
+    ):
+        values = json.loads(r["values_json"] or "{}")
+        t = from_iso(r["at"])
+        if t is None or not isinstance(values, dict):
+            continue
+        for name in names & values.keys():
+            v = values[name]
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                out[name].append((t, float(v)))
+    return {k: sorted(v, key=lambda p: p[0]) for k, v in out.items()}
 
 
 def deviation_indices(db: sqlite_utils.Database, device_id: int, since: datetime) -> list[tuple[datetime, float]]:
@@ -302,5 +329,6 @@ def record(db: sqlite_utils.Database, dev: dict[str, Any], now: datetime, th: Th
         last_calibration=_opt_iso(hist.last_calibration),
         next_maintenance_due=_opt_iso(due[0]) if due else None,
         health=health.as_dict(),
+        forecasts=[f.as_dict() for f in health.forecasts],
     )
     return base

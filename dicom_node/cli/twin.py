@@ -28,7 +28,7 @@ def _store(config: Path | None) -> TwinStore:
         raise fail(
             f"no database at {db_path}: start the node first, or check storage.dir in the configuration", 1
         )
-    return TwinStore(thread_local_connect(db_path))
+    return TwinStore(thread_local_connect(db_path), thresholds=cfg.twin.thresholds())
 
 
 def _device_id(store: TwinStore, ref: str) -> int:

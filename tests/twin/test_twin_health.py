@@ -193,7 +193,12 @@ def test_rules_are_safe_on_any_history(first_seen: datetime | None) -> None:
             acquisition_times=[NOW],
             faults={(NOW + timedelta(days=3)).date(): {"E1": 2}, far.date(): {"": 1}},
             last_calibration=far,
-            temperatures=[(NOW, 60.0)],
+            signals={
+                "detector_temperature": [(NOW, 60.0)],
+                "tube_housing_temperature": [(NOW - timedelta(days=i), 59.0 - i) for i in range(20, 0, -1)]
+                + [(far, 1e308)],
+                "hv_arcs": [(NOW, 1e9), (far, 5.0)],
+            },
             service_start=first_seen,
             exposures_since_service=10**9,
             daily_exposure_rate=1e-300,
@@ -202,5 +207,6 @@ def test_rules_are_safe_on_any_history(first_seen: datetime | None) -> None:
     for th in (Thresholds(), Thresholds(baseline_n=0, temp_consecutive=0, drift_persist=0, di_window=1)):
         for h in histories:
             health = assess(h, NOW, th)
-            assert health.status in set(Status) and len(health.findings) == 7
+            # six rules, plus each signal's range (or count) and forecast rule where it has readings
+            assert health.status in set(Status) and len(health.findings) == (6 + 2 if h.signals == {} else 6 + 5)
             assert health.as_dict()["status"] == health.status.value
