@@ -82,12 +82,16 @@ def read_received(path: Path, transfer_syntax: str, *, max_inflated_bytes: int |
     ts = UID(transfer_syntax)
     inflated = path.with_name(path.name + ".inflated.part") if ts == DeflatedExplicitVRLittleEndian else None
     try:
-        with open(path, "rb") as fp:
+        with open(path, "rb") as fp:  # one open: the meta skipped, then the data set read or inflated
             _skip_file_meta(fp)
-            if inflated is not None:
+            if inflated is None:
+                ds = _read_data_set(fp, ts)
+            else:
                 _inflate(fp, inflated, max_inflated_bytes)
+        if inflated is not None:
+            with open(inflated, "rb") as fp:
+                ds = _read_data_set(fp, ts)
         source = inflated or path
-        ds = _read_data_set(source, 0 if inflated is not None else _data_set_offset(path), ts)
         _check_encoding(ds, ts, source.stat().st_size)
         _walk(ds, str(source))  # every element once, so a malformed value raises here, not later in the worker
     except (InvalidDicomError, ValueError, KeyError, EOFError, OverflowError, NotImplementedError,
@@ -116,12 +120,6 @@ def _skip_file_meta(fp: BinaryIO) -> None:
     fp.seek(_META_START + 12 + struct.unpack("<I", head[140:144])[0])
 
 
-def _data_set_offset(path: Path) -> int:
-    with open(path, "rb") as fp:
-        _skip_file_meta(fp)
-        return fp.tell()
-
-
 def _inflate(fp: BinaryIO, into: Path, max_bytes: int | None) -> None:
     """Inflate the rest of ``fp`` (raw deflate, PS3.5 §A.5) into ``into``, one MiB at a time."""
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
@@ -140,15 +138,13 @@ def _inflate(fp: BinaryIO, into: Path, max_bytes: int | None) -> None:
         out.write(inflater.flush())
 
 
-def _read_data_set(path: Path, offset: int, ts: UID) -> Dataset:
-    """The data set from ``offset`` of ``path``, read as encoded: pydicom's ``dcmread`` would report
+def _read_data_set(fp: BinaryIO, ts: UID) -> Dataset:
+    """The data set from where ``fp`` stands, read as encoded: pydicom's ``dcmread`` would report
     the file meta's transfer syntax as the encoding instead of the one it detected. (Inflated
     data is explicit VR little endian, PS3.5 §A.5.)"""
     implicit, little = (False, True) if ts == DeflatedExplicitVRLittleEndian else (ts.is_implicit_VR,
                                                                                  ts.is_little_endian)
-    with open(path, "rb") as fp:
-        fp.seek(offset)
-        return read_dataset(fp, implicit, little, defer_size=_DEFER_BYTES)
+    return read_dataset(fp, implicit, little, defer_size=_DEFER_BYTES)
 
 
 def _is_deferred(raw: object) -> bool:
@@ -351,7 +347,8 @@ def read_header(path: Path | str) -> Dataset:
         with open(path, "rb") as fp:
             _skip_file_meta(fp)
             _inflate(fp, inflated, None)
-        ds = _read_data_set(inflated, 0, DeflatedExplicitVRLittleEndian)
+        with open(inflated, "rb") as fp:
+            ds = _read_data_set(fp, DeflatedExplicitVRLittleEndian)
         for tag in [t for t in ds.keys() if _is_deferred(ds.get_item(t, keep_deferred=True))]:
             del ds[tag]  # their file is about to go
     ds.file_meta = meta

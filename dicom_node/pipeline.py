@@ -51,12 +51,8 @@ class TwinStep:
 
 
 class RouteStep:
-    """Skip what is not a chest radiograph to analyse, with the reason recorded.
-
-    What an analysed image's route assumed (chest, frontal view) is not kept on the item: the
-    detection and results steps ask :func:`~dicom_node.routing.decide` again, which is pure and
-    reads the header only, and record it with the analysis and in the SR.
-    """
+    """Skip what is not a chest radiograph to analyse, with the reason recorded; what an analysed
+    image's route assumed (chest, frontal view) goes on the item for the analysis row and the SR."""
 
     def __init__(self, cfg: Config, store: Store) -> None:
         self.cfg = cfg
@@ -69,6 +65,7 @@ class RouteStep:
             if route.skip is not None:
                 self.store.record_analysis(item.job.ref, "skipped", reason=route.skip)
                 out[item.job.id] = Outcome("skipped", route.skip)
+            item.assumptions = route.assumptions
         return out
 
 
@@ -159,7 +156,7 @@ class DetectStep:
                 item.job.ref, "analysed", findings=[_finding(d) for d in analysis.detections], model_name=info.name,
                 model_version=info.version, timings_ms=item.timings,
                 opacity_probability=analysis.opacity_probability,
-                assumptions=[str(a) for a in decide(item.header, self.cfg.routing).assumptions],
+                assumptions=[str(a) for a in item.assumptions],
             )
         return out
 
@@ -213,7 +210,7 @@ class ResultsStep:
             source: Dataset = item.dataset if item.dataset is not None else dcmread(item.row["path"])
             objects = build_all(source, item.detections, self.detect.info, self.node, kinds=kinds,  # type: ignore[arg-type]
                                 ohif=self.cfg.results.ohif, opacity_probability=item.opacity_probability,
-                                assumptions=decide(item.header, self.cfg.routing).assumptions)
+                                assumptions=item.assumptions)
             rows: list[dict[str, Any]] = []
             for kind, ds in objects.items():
                 path = self.outbox.path_for(str(ds.StudyInstanceUID), str(ds.SOPInstanceUID))

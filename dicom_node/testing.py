@@ -195,6 +195,23 @@ class NodeProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+def _status_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def peak_rss_growth(pid: int, action: Callable[[], object]) -> tuple[float, float]:
+    """Run ``action``; returns process ``pid``'s RSS before it and its peak RSS growth during it,
+    in MB. Exact, not sampled: the kernel's high-water mark (VmHWM), reset first through
+    /proc/PID/clear_refs (Linux)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    before = _status_kb(pid, "VmRSS")
+    action()
+    return before / 1024, (_status_kb(pid, "VmHWM") - before) / 1024
+
+
 def synthetic_cr(rows: int, columns: int, pixels: bytes, **attrs: Any) -> Any:
     """A 16-bit (12 stored) chest CR of ``rows`` x ``columns`` around ``pixels``, fresh UIDs, explicit
     VR little endian, for the benchmarks and the size tests; ``attrs`` are set on top."""

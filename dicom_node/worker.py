@@ -161,6 +161,7 @@ class Item:
     dataset: Dataset | None = None  # the whole instance, once a step has read its pixels
     detections: list[Any] = field(default_factory=list)
     opacity_probability: float | None = None
+    assumptions: tuple[Any, ...] = ()  # what routing assumed for it (dicom_node.results.Assumption)
     timings: dict[str, float] = field(default_factory=dict)
 
 

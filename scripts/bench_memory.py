@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from dicom_node.testing import NodeProcess, free_port, missing_dcmtk, synthetic_cr, wait_port  # noqa: E402
+from dicom_node.testing import NodeProcess, free_port, missing_dcmtk, peak_rss_growth, synthetic_cr, wait_port  # noqa: E402
 
 
 def write_instances(folder: Path, n: int, side: int) -> list[Path]:
@@ -46,28 +46,22 @@ def write_instances(folder: Path, n: int, side: int) -> list[Path]:
     return files
 
 
-def _status_kb(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
 def measure(pid: int, send: list[list[str]]) -> dict[str, Any]:
     """Run the storescu commands in ``send`` at once; the receiver's RSS growth and the time taken."""
-    Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-    before = _status_kb(pid, "VmRSS")
-    t0 = time.perf_counter()
     results: list[subprocess.CompletedProcess[str]] = []
-    threads = [threading.Thread(target=lambda c=c: results.append(
-        subprocess.run(c, capture_output=True, text=True))) for c in send]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+
+    def send_all() -> None:
+        threads = [threading.Thread(target=lambda c=c: results.append(
+            subprocess.run(c, capture_output=True, text=True))) for c in send]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    t0 = time.perf_counter()
+    before, growth = peak_rss_growth(pid, send_all)
     seconds = time.perf_counter() - t0
-    peak = _status_kb(pid, "VmHWM")
-    return {"rss_before_mb": round(before / 1024, 1), "peak_growth_mb": round((peak - before) / 1024, 1),
+    return {"rss_before_mb": round(before, 1), "peak_growth_mb": round(growth, 1),
             "seconds": round(seconds, 1), "senders_ok": sum(r.returncode == 0 for r in results),
             "errors": [r.stderr.strip().splitlines()[-1][:200] for r in results
                        if r.returncode != 0 and r.stderr.strip()]}

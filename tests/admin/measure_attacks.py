@@ -35,7 +35,7 @@ from admin_attack_support import (
     still_open,
 )
 
-from dicom_node.testing import rsna_files, storescu, wait_for
+from dicom_node.testing import peak_rss_growth, rsna_files, storescu, wait_for
 
 
 def _node(root: Path, admin: dict[str, Any], nofile: tuple[int, int] | None = None,
@@ -131,16 +131,10 @@ def ansi(root: Path) -> dict[str, Any]:
 def thumbs(root: Path, side: int) -> dict[str, Any]:
     node, url = _node(root, {}, worker={"threads": 1}, routing={"modalities": ["CR"]})
 
-    def kb(field: str) -> int:
-        line = next(ln for ln in Path(f"/proc/{node.pid}/status").read_text().splitlines() if ln.startswith(field))
-        return int(line.split()[1])
-
     def peak(action: Any) -> tuple[float, float]:
-        base = kb("VmRSS:")
-        Path(f"/proc/{node.pid}/clear_refs").write_text("5")
         t0 = time.perf_counter()
-        action()
-        return round((kb("VmHWM:") - base) / 1024), round(time.perf_counter() - t0, 2)
+        growth = peak_rss_growth(node.pid, action)[1]
+        return round(growth), round(time.perf_counter() - t0, 2)
 
     out: dict[str, Any] = {}
     try:

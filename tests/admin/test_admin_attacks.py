@@ -42,7 +42,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from dicom_node.admin.limits import SECURITY_HEADERS, http_share
-from dicom_node.testing import REPO, free_port, require, storescu, wait_for
+from dicom_node.testing import REPO, free_port, peak_rss_growth, require, storescu, wait_for
 from models import SHIPPED_WEIGHTS
 
 FLOOD = 300  # slow connections kept open against a node allowed 256 descriptors
@@ -317,16 +317,7 @@ def test_escape_sequences_from_outside_never_reach_the_console(
 
 
 def _peak_growth_mb(pid: int, action: Any) -> float:
-    """Peak RSS growth of ``pid`` during ``action()`` (VmHWM reset through clear_refs first)."""
-
-    def kb(field: str) -> int:
-        line = next(ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ln.startswith(field))
-        return int(line.split()[1])
-
-    base = kb("VmRSS:")
-    Path(f"/proc/{pid}/clear_refs").write_text("5")
-    action()
-    return (kb("VmHWM:") - base) / 1024
+    return peak_rss_growth(pid, action)[1]
 
 
 def _big_overlay(path: Path, side: int) -> None:

@@ -8,6 +8,7 @@ from /proc (``VmHWM``, reset before the send).
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from pynetdicom import AE
 from pynetdicom import _config as pynetdicom_config
 from reliability_support import SEED, encode, query, radiograph, spool_files, write_raw
 
-from dicom_node.testing import NodeProcess, wait_for
+from dicom_node.testing import NodeProcess, peak_rss_growth, wait_for
 
 CR = "1.2.840.10008.5.1.4.1.1.1"
 
@@ -47,15 +48,9 @@ def _send(node: NodeProcess, path: Path) -> int:
     return int(status.Status)
 
 
-def _peak_growth_mb(node: NodeProcess, action: object) -> float:
-    assert node.proc is not None and callable(action)
-    Path(f"/proc/{node.proc.pid}/clear_refs").write_text("5")
-    status = Path(f"/proc/{node.proc.pid}/status").read_text()
-    before = int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1])
-    action()
-    status = Path(f"/proc/{node.proc.pid}/status").read_text()
-    peak = int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1])
-    return (peak - before) / 1024
+def _peak_growth_mb(node: NodeProcess, action: Callable[[], object]) -> float:
+    assert node.proc is not None
+    return peak_rss_growth(node.proc.pid, action)[1]
 
 
 @pytest.fixture
