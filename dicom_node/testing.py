@@ -245,14 +245,34 @@ def storescu(port: int, files: list[Path] | list[str], *, aet: str = "MODALITY1"
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
 
 
+#: Orthanc's DICOMweb plugin as Debian's ``orthanc-dicomweb`` installs it.
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+
+
+def missing_orthanc_dicomweb() -> str | None:
+    """Why Orthanc with DICOMweb cannot run here (a reason to skip, or to fail in CI), or None."""
+    if shutil.which("Orthanc") is None:
+        return "Orthanc is not installed (Debian package orthanc)"
+    if not Path(DICOMWEB_PLUGIN).is_file():
+        return "Orthanc's DICOMweb plugin is not installed (Debian package orthanc-dicomweb)"
+    return None
+
+
 @dataclass
 class OrthancProcess:
-    """A real Orthanc PACS (Debian package) with temporary storage, on ports of its own."""
+    """A real Orthanc PACS (Debian package) with temporary storage, on ports of its own.
+
+    ``dicomweb=True`` loads its DICOMweb plugin (Debian ``orthanc-dicomweb``) at ``/dicom-web/``;
+    ``dicomweb_servers`` names the DICOMweb servers it may push to (``/dicom-web/servers/NAME/stow``),
+    each ``{"Url": ..., "HttpHeaders": {...}}`` as the plugin's ``DicomWeb.Servers`` takes them.
+    """
 
     root: Path
     ae_title: str = "ORTHANC"
     dicom_port: int = 0
     http_port: int = 0
+    dicomweb: bool = False
+    dicomweb_servers: dict[str, Any] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait_s: float = 60.0) -> OrthancProcess:
@@ -266,6 +286,10 @@ class OrthancProcess:
             "DicomCheckCalledAet": True, "DicomAlwaysAllowStore": True, "DicomAlwaysAllowEcho": True,
             "Plugins": [], "StableAge": 1, "UnknownSopClassAccepted": False,
         }
+        if self.dicomweb:
+            cfg["Plugins"] = [DICOMWEB_PLUGIN]
+            cfg["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/", "EnableWado": False,
+                               "Servers": self.dicomweb_servers}
         (self.root / "orthanc.json").write_text(json.dumps(cfg))
         log = open(self.root / "orthanc.log", "ab")
         self.proc = subprocess.Popen(["Orthanc", str(self.root / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
@@ -294,3 +318,18 @@ class OrthancProcess:
 
     def destination(self, name: str = "pacs") -> dict[str, Any]:
         return {"name": name, "ae_title": self.ae_title, "host": "127.0.0.1", "port": self.dicom_port}
+
+    @property
+    def dicomweb_url(self) -> str:
+        """The base URL of its DICOMweb plugin (``dicomweb=True``), e.g. for a STOW-RS destination."""
+        return f"http://127.0.0.1:{self.http_port}/dicom-web"
+
+    def post(self, path: str, body: Any) -> Any:
+        """POST JSON to Orthanc's REST API and decode the JSON answer."""
+        import urllib.request
+
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(req, timeout=120) as rsp:
+            answer = rsp.read()
+        return json.loads(answer) if answer[:1] in (b"{", b"[") else answer

@@ -44,11 +44,12 @@ if [ "$need_venv" = 1 ]; then
   touch "$STAMP"
 fi
 
-# Real peers for the tests: DCMTK, dicom3tools (dciodvfy), Orthanc, and Chromium for the dashboard test.
+# Real peers for the tests: DCMTK, dicom3tools (dciodvfy), Orthanc with its DICOMweb plugin, and Chromium for the dashboard test.
 missing=()
 command -v storescu >/dev/null || missing+=(dcmtk)
 command -v dciodvfy >/dev/null || missing+=(dicom3tools)
 command -v Orthanc >/dev/null || missing+=(orthanc)
+ls /usr/share/orthanc/plugins/libOrthancDicomWeb.so >/dev/null 2>&1 || missing+=(orthanc-dicomweb)
 command -v chromium >/dev/null || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
