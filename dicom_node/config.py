@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 ENV_VAR = "DICOM_NODE_CONFIG"
 DEFAULT_PATH = Path("config.yaml")
@@ -120,30 +120,110 @@ RESULT_KINDS: tuple[ResultKind, ...] = ("sr", "gsps", "sc")
 
 
 class Destination(_Section):
+    """Where results go: a DIMSE peer (``ae_title``, ``host``, ``port``: C-STORE, PS3.4 Annex B) or a
+    DICOMweb origin server (``url``: STOW-RS, PS3.18 §10.5), exactly one of the two. A token or
+    password is a :class:`SecretStr`, so neither a log line nor a printed config ever shows it."""
+
     name: str
-    ae_title: str
-    host: str
-    port: int = Field(ge=1, le=65535)
     kinds: list[ResultKind] = Field(default_factory=lambda: list(RESULT_KINDS))
+    # DIMSE
+    ae_title: str | None = None
+    host: str | None = None
+    port: int | None = Field(None, ge=1, le=65535)
     tls: bool = False
-    # DICOM TLS to this destination (PS3.15 B.1): the CA that signed its certificate (else the
-    # system's CAs), and this node's client certificate and key when the destination requires one.
+    # DICOMweb: the service's base URL (…/dicom-web), a bearer token or HTTP Basic credentials
+    url: str | None = None
+    token: SecretStr | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    timeout_s: float = Field(60.0, gt=0, le=3600)
+    max_request_mb: int = Field(64, ge=1, le=65536)  # one STOW-RS request carries at most this much
+    # TLS to this destination (DICOM TLS, PS3.15 B.1, with tls: true; HTTPS with an https url): the
+    # CA that signed its certificate (else the system's CAs), and this node's client certificate and
+    # key when the destination requires one.
     tls_ca: Path | None = None
     tls_certificate: Path | None = None
     tls_key: Path | None = None
 
     @field_validator("ae_title")
     @classmethod
-    def _ae(cls, v: str) -> str:
-        return _check_ae_title(v)
+    def _ae(cls, v: str | None) -> str | None:
+        return None if v is None else _check_ae_title(v)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        return None if v is None else v.strip().rstrip("/")
+
+    @property
+    def is_dicomweb(self) -> bool:
+        """A STOW-RS destination (``url``) rather than a C-STORE one."""
+        return self.url is not None
+
+    @property
+    def address(self) -> str:
+        """What ``dicom-node status`` shows: ``AE@HOST:PORT`` or the URL (never a credential)."""
+        return self.url if self.url is not None else f"{self.ae_title}@{self.host}:{self.port}"
 
     @model_validator(mode="after")
-    def _tls_files(self) -> Destination:
-        if not self.tls and (self.tls_ca or self.tls_certificate or self.tls_key):
-            raise ValueError(f"destination {self.name!r}: tls_ca, tls_certificate and tls_key need tls: true")
+    def _one_kind(self) -> Destination:
+        # Checked here, not in field validators, so that no error echoes a token or password.
+        where = f"destination {self.name!r}"
+        if self.url is not None:
+            _check_dicomweb(self, where)
+        else:
+            missing = [k for k in ("ae_title", "host", "port") if getattr(self, k) is None]
+            if len(missing) == 3:
+                raise ValueError(f"{where}: give ae_title, host and port (DIMSE) or url (DICOMweb)")
+            if missing:
+                raise ValueError(f"{where}: {missing[0]} is missing (a DIMSE destination needs ae_title, host and"
+                                 " port; a DICOMweb one needs url instead)")
+            web_only = [k for k in _WEB_ONLY if k in self.model_fields_set]
+            if web_only:
+                raise ValueError(f"{where}: {web_only[0]} is only for a DICOMweb destination (url)")
+            if not self.tls and (self.tls_ca or self.tls_certificate or self.tls_key):
+                raise ValueError(f"{where}: tls_ca, tls_certificate and tls_key need tls: true")
         if (self.tls_certificate is None) != (self.tls_key is None):
-            raise ValueError(f"destination {self.name!r}: tls_certificate and tls_key go together")
+            raise ValueError(f"{where}: tls_certificate and tls_key go together")
         return self
+
+
+_WEB_ONLY = ("token", "username", "password", "timeout_s", "max_request_mb")
+_HEADER_SAFE_RE = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no blank: safe in an HTTP header
+
+
+def _check_dicomweb(dest: Destination, where: str) -> None:
+    """The keys of a STOW-RS destination (PS3.18 §10.5): an http(s) base URL without credentials in
+    it, at most one kind of credentials, TLS files only with https."""
+    from urllib.parse import urlsplit
+
+    dimse = [k for k in ("ae_title", "host", "port") if getattr(dest, k) is not None]
+    if dimse or dest.tls:
+        raise ValueError(f"{where}: url and ae_title/host/port exclude each other"
+                         if dimse else f"{where}: tls is for DIMSE; a DICOMweb destination uses TLS by an https url")
+    assert dest.url is not None
+    try:
+        parts = urlsplit(dest.url)
+        _ = parts.port  # a port out of range raises here
+    except ValueError:
+        parts = None
+    if parts is not None and (parts.username is not None or parts.password is not None):
+        raise ValueError(f"{where}: url must not carry credentials; give username and password (or token)")
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ValueError(f"{where}: url must be http:// or https://HOST[:PORT]/PATH without query,"
+                         f" e.g. https://pacs/dicom-web (got {dest.url!r})")
+    if parts.scheme != "https" and (dest.tls_ca or dest.tls_certificate or dest.tls_key):
+        raise ValueError(f"{where}: tls_ca, tls_certificate and tls_key need an https url")
+    if dest.token is not None and (dest.username is not None or dest.password is not None):
+        raise ValueError(f"{where}: token and username/password exclude each other")
+    if (dest.username is None) != (dest.password is None):
+        raise ValueError(f"{where}: username and password go together")
+    if dest.token is not None and not _HEADER_SAFE_RE.match(dest.token.get_secret_value()):
+        raise ValueError(f"{where}: token must be printable ASCII characters without blanks")
+    if dest.username is not None and (":" in dest.username or not _HEADER_SAFE_RE.match(dest.username)):
+        raise ValueError(f"{where}: username must be printable ASCII characters without blanks or ':'")
+    if dest.password is not None and any(c in dest.password.get_secret_value() for c in "\r\n\x00"):
+        raise ValueError(f"{where}: password must not contain line breaks")
 
 
 class WorkerConfig(_Section):
@@ -208,6 +288,19 @@ class TwinConfig(_Section):
     forecast_window_days: int = Field(60, ge=7, le=365)
     forecast_warn_days: float = Field(14.0, ge=0)
     forecast_alert_days: float = Field(3.0, ge=0)
+    # tube wear (twin.tube, docs/twin.md): HU = tube_heat_unit_factor x kVp x mAs since the last `tube`
+    # maintenance record, against the tube's rated life in heat units (null: unknown, load shown only)
+    tube_rated_life: float | None = Field(None, gt=0)
+    tube_heat_unit_factor: float = Field(1.35, gt=0, le=2)  # 1.0 single-phase, 1.35 high-frequency
+    tube_rate_days: float = Field(30.0, gt=0, le=365)  # recent rate for the projected replacement
+    tube_warn_fraction: float = Field(0.8, gt=0, le=1)
+    tube_alert_fraction: float = Field(0.95, gt=0, le=1)
+    # AI watch (twin.ai_watch, docs/twin.md): each device's positive rate and score distribution
+    # against its own baseline; a false WARN at most ai_alpha per daily look
+    ai_baseline_n: int = Field(200, ge=10, le=100000)
+    ai_min_images: int = Field(50, ge=5, le=100000)
+    ai_window_days: int = Field(7, ge=1, le=60)
+    ai_alpha: float = Field(1e-4, gt=0, lt=1)
 
     @model_validator(mode="after")
     def _check_signals(self) -> TwinConfig:
@@ -216,10 +309,14 @@ class TwinConfig(_Section):
         signals_from_config(self.signals)  # raises ValueError naming the field
         if self.forecast_alert_days > self.forecast_warn_days:
             raise ValueError("twin.forecast_alert_days must not exceed twin.forecast_warn_days")
+        if self.tube_warn_fraction > self.tube_alert_fraction:
+            raise ValueError("twin.tube_warn_fraction must not exceed twin.tube_alert_fraction")
+        if self.ai_min_images > self.ai_baseline_n:
+            raise ValueError("twin.ai_min_images must not exceed twin.ai_baseline_n")
         return self
 
     def thresholds(self) -> Thresholds:
-        """The twin's :class:`twin.health.Thresholds` with these signals and forecast settings."""
+        """The twin's :class:`twin.health.Thresholds` with these signals, forecast, tube and AI settings."""
         from twin.health import Thresholds
         from twin.signals import signals_from_config
 
@@ -228,7 +325,15 @@ class TwinConfig(_Section):
             forecast_window_days=self.forecast_window_days,
             forecast_warn_days=self.forecast_warn_days,
             forecast_alert_days=self.forecast_alert_days,
+            **{name: getattr(self, name) for name in TWIN_THRESHOLD_KEYS},
         )
+
+
+#: twin settings that are fields of twin.health.Thresholds under the same name
+TWIN_THRESHOLD_KEYS = (
+    "tube_rated_life", "tube_heat_unit_factor", "tube_rate_days", "tube_warn_fraction", "tube_alert_fraction",
+    "ai_baseline_n", "ai_min_images", "ai_window_days", "ai_alpha",
+)
 
 
 ADMIN_TOKEN_MIN = 16
@@ -258,6 +363,45 @@ class AdminConfig(_Section):
         return self
 
 
+class DicomWebConfig(_Section):
+    """The DICOMweb listener (PS3.18: STOW-RS in, QIDO-RS, WADO-RS) at ``http(s)://host:port/dicom-web``.
+
+    Off unless enabled. Who may call: a client address in ``allowed_hosts`` (addresses or networks),
+    then, with ``token`` set, ``Authorization: Bearer <token>``; HTTPS with ``tls`` (``ca`` given:
+    client certificates required), as for DICOM TLS. See docs/dicomweb.md.
+    """
+
+    enabled: bool = False
+    host: str = "0.0.0.0"
+    port: int = Field(8081, ge=0, le=65535)
+    token: str | None = None
+    tls: TLSConfig | None = None
+    allowed_hosts: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
+    max_request_mb: int = Field(4096, ge=1)  # a STOW-RS body past this is refused (413); a part: max_instance_mb
+    max_connections: int = Field(32, ge=1, le=1024)  # open HTTP connections; more are answered 503 and closed
+    header_timeout_s: float = Field(10.0, gt=0, le=300)  # to send a request's headers (slowloris)
+    request_timeout_s: float = Field(900.0, gt=0)  # to send a whole request and read its answer
+    keepalive_timeout_s: int = Field(5, ge=1, le=300)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for item in v:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"addresses or networks such as 127.0.0.1 or 10.0.0.0/8 (got {item!r})") from exc
+        return v
+
+    @model_validator(mode="after")
+    def _token(self) -> DicomWebConfig:
+        # As for admin.token, and checked here so that the error never echoes the token.
+        if self.token is not None and (len(self.token) < ADMIN_TOKEN_MIN or not _TOKEN_RE.match(self.token)):
+            raise ValueError(f"dicomweb.token must be {ADMIN_TOKEN_MIN} or more printable ASCII characters"
+                             f" without blanks (got {len(self.token)}); leave it null for none")
+        return self
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     max_mb: int = Field(20, ge=1)
@@ -278,6 +422,7 @@ class Config(_Section):
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     twin: TwinConfig = Field(default_factory=TwinConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
+    dicomweb: DicomWebConfig = Field(default_factory=DicomWebConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @model_validator(mode="after")
@@ -327,9 +472,12 @@ def _describe(err: Any) -> str:
     got = err.get("input")
     if kind == "missing":
         return f"{loc}: required key is missing"
-    if isinstance(got, dict | list):
+    if isinstance(got, dict | list) or str(err["loc"][-1]) in _SECRET_KEYS:  # a secret is never echoed
         return f"{loc}: {msg}" if loc else msg
     return f"{loc}: {msg} (got {got!r})" if loc else msg
+
+
+_SECRET_KEYS = ("token", "password")
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
@@ -409,6 +557,10 @@ def _anchor_paths(cfg: Config, base: Path) -> Config:
         cfg.node.tls.key = anchor(cfg.node.tls.key)
         if cfg.node.tls.ca is not None:
             cfg.node.tls.ca = anchor(cfg.node.tls.ca)
+    web_tls = cfg.dicomweb.tls
+    if web_tls is not None:
+        web_tls.certificate, web_tls.key = anchor(web_tls.certificate), anchor(web_tls.key)
+        web_tls.ca = anchor(web_tls.ca) if web_tls.ca is not None else None
     for dest in cfg.destinations:
         for key in ("tls_ca", "tls_certificate", "tls_key"):
             value = getattr(dest, key)

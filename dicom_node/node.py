@@ -19,11 +19,11 @@ from pydicom.uid import generate_uid
 
 from dicom_node import __version__
 from dicom_node.config import Config
+from dicom_node.delivery import Delivery, echo_destinations
 from dicom_node.ingest import Ingest
 from dicom_node.pipeline import DetectStep, ResultsStep, build_steps
 from dicom_node.results import NodeIdentity
 from dicom_node.scp import Receiver
-from dicom_node.scu import Delivery, echo_destinations
 from dicom_node.spool import Spool
 from dicom_node.store import Store
 from dicom_node.storelock import StorageLock
@@ -34,6 +34,7 @@ from twin.store import TwinStore
 
 if TYPE_CHECKING:
     from dicom_node.admin import AdminServer
+    from dicom_node.dicomweb.server import DicomWebServer
 
 PEER_ECHO_EVERY_S = 300.0
 
@@ -99,6 +100,11 @@ class Node:
             from dicom_node.admin import AdminServer  # FastAPI and uvicorn load only when the console is on
 
             self.admin = AdminServer(self)
+        self.dicomweb: DicomWebServer | None = None
+        if cfg.dicomweb.enabled:
+            from dicom_node.dicomweb.server import DicomWebServer  # loads FastAPI when DICOMweb is on
+
+            self.dicomweb = DicomWebServer(self)
         self.address: tuple[str, int] | None = None
         self._stopped = threading.Event()
         self._warm: threading.Thread | None = None
@@ -113,6 +119,8 @@ class Node:
             self.address = self.receiver.start()
             if self.admin is not None:
                 self.admin.start()
+            if self.dicomweb is not None:
+                self.dicomweb.start()
         except OSError:
             self.stop(grace_s=0)
             raise
@@ -143,6 +151,8 @@ class Node:
             return
         self._stopped.set()
         aborted = self.receiver.stop(grace_s)
+        if self.dicomweb is not None:  # the second front door closes with the first, its requests finished
+            self.dicomweb.stop()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         released = self.analysis.stop(grace_s) + self.delivery.stop(grace_s)

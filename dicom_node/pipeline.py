@@ -50,13 +50,26 @@ class TwinStep:
         return {}
 
 
-class RouteStep:
-    """Skip what is not a chest radiograph to analyse, with the reason recorded; what an analysed
-    image's route assumed (chest, frontal view) goes on the item for the analysis row and the SR."""
+def _tell_twin(twin: TwinStore | None, uid: str, *, score: float | None, findings: int, skipped: bool) -> None:
+    """One image's AI outcome to the device twin's AI watch (docs/twin.md); never holds back the image."""
+    if twin is None:
+        return
+    try:
+        twin.record_ai_outcome(uid, score=score, findings=findings, skipped=skipped)
+    except Exception as exc:
+        log.error("twin could not record an AI outcome",
+                  extra={"sop_instance_uid": uid, "error": f"{type(exc).__name__}: {exc}"[:300]})
 
-    def __init__(self, cfg: Config, store: Store) -> None:
+
+class RouteStep:
+    """Skip what is not a chest radiograph to analyse, with the reason recorded (and told to the twin's
+    AI watch); what an analysed image's route assumed (chest, frontal view) goes on the item for the
+    analysis row and the SR."""
+
+    def __init__(self, cfg: Config, store: Store, twin: TwinStore | None = None) -> None:
         self.cfg = cfg
         self.store = store
+        self.twin = twin
 
     def __call__(self, batch: Sequence[Item]) -> dict[int, Outcome]:
         out = {}
@@ -64,6 +77,7 @@ class RouteStep:
             route = decide(item.header, self.cfg.routing)
             if route.skip is not None:
                 self.store.record_analysis(item.job.ref, "skipped", reason=route.skip)
+                _tell_twin(self.twin, item.job.ref, score=None, findings=0, skipped=True)
                 out[item.job.id] = Outcome("skipped", route.skip)
             item.assumptions = route.assumptions
         return out
@@ -161,6 +175,21 @@ class DetectStep:
         return out
 
 
+class TwinOutcomeStep:
+    """Tell the device twin what the detector made of each analysed image: its opacity probability and
+    its number of findings at the operating threshold (``model.score_threshold``; positive = at least
+    one), for the per-device AI watch (twin.ai_watch)."""
+
+    def __init__(self, twin: TwinStore) -> None:
+        self.twin = twin
+
+    def __call__(self, batch: Sequence[Item]) -> dict[int, Outcome]:
+        for item in batch:
+            _tell_twin(self.twin, item.job.ref, score=item.opacity_probability, findings=len(item.detections),
+                       skipped=False)
+        return {}
+
+
 def _finding(d: Detection) -> dict[str, Any]:
     x0, y0, x1, y1 = d.box
     return {"x0": x0, "y0": y0, "x1": x1, "y1": y1, "score": d.score, "label": d.label}
@@ -255,6 +284,7 @@ def _encode(ds: Dataset) -> bytes:
 
 
 def build_steps(cfg: Config, store: Store, outbox: Spool, node: NodeIdentity, twin: TwinStore) -> list[Any]:
-    """The analysis pipeline in order: twin, routing, detection, results."""
+    """The analysis pipeline in order: twin, routing, detection, the outcome to the twin, results."""
     detect = DetectStep(cfg, store)
-    return [TwinStep(twin), RouteStep(cfg, store), detect, ResultsStep(cfg, store, outbox, node, detect)]
+    return [TwinStep(twin), RouteStep(cfg, store, twin), detect, TwinOutcomeStep(twin),
+            ResultsStep(cfg, store, outbox, node, detect)]

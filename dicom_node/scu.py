@@ -1,8 +1,8 @@
 """Outbound associations: C-ECHO of peers and C-STORE of files (PS3.4 Annex A and B, SCU role).
 
-Used by ``dicom-node echo`` and ``dicom-node send``, by results delivery, and by the periodic echo of
-each destination. One association carries a whole batch; each file is sent as it is stored (no
-re-encoding), so a JPEG file stays JPEG.
+Used by ``dicom-node echo`` and ``dicom-node send``, and by results delivery and the periodic echo
+of each DIMSE destination (:mod:`dicom_node.delivery`). One association carries a whole batch; each
+file is sent as it is stored (no re-encoding), so a JPEG file stays JPEG.
 """
 
 from __future__ import annotations
@@ -25,9 +25,7 @@ from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import AddressInformation, AssociationSocket
 
-from dicom_node.config import Config, Destination
-from dicom_node.store import Job, Store
-from dicom_node.worker import Outcome as WorkOutcome
+from dicom_node.config import Destination
 
 log = logging.getLogger("dicom_node.scu")
 
@@ -51,7 +49,9 @@ class Peer:
 
 
 def peer_for(dest: Destination) -> Peer:
-    """The peer a configured destination names, with its DICOM TLS settings."""
+    """The peer a configured DIMSE destination names, with its DICOM TLS settings."""
+    if dest.ae_title is None or dest.host is None or dest.port is None:
+        raise ValueError(f"destination {dest.name!r} is not a DIMSE destination")
     return Peer(dest.ae_title, dest.host, dest.port, dest.tls, dest.tls_ca, dest.tls_certificate, dest.tls_key)
 
 
@@ -82,15 +82,19 @@ class SendReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def client_ssl_context(peer: Peer) -> ssl.SSLContext:
-    """DICOM TLS as a client (PS3.15 B.1): verify the peer against ``tls_ca`` (else the system's CAs)
-    and its host name; present our certificate when one is configured."""
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH,
-                                     cafile=str(peer.tls_ca) if peer.tls_ca is not None else None)
+def tls_client_context(ca: Path | None, certificate: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
+    """TLS as a client, for DICOM TLS (PS3.15 B.1) and HTTPS alike: verify the peer against ``ca``
+    (else the system's CAs) and its host name; present our certificate when one is configured."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca) if ca is not None else None)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if peer.tls_certificate is not None:
-        ctx.load_cert_chain(str(peer.tls_certificate), str(peer.tls_key) if peer.tls_key is not None else None)
+    if certificate is not None:
+        ctx.load_cert_chain(str(certificate), str(key) if key is not None else None)
     return ctx
+
+
+def client_ssl_context(peer: Peer) -> ssl.SSLContext:
+    """DICOM TLS as a client (PS3.15 B.1) with the peer's ``tls_ca``, ``tls_certificate`` and ``tls_key``."""
+    return tls_client_context(peer.tls_ca, peer.tls_certificate, peer.tls_key)
 
 
 def _client_ssl(peer: Peer, ssl_context: ssl.SSLContext | None) -> tuple[ssl.SSLContext, str] | None:
@@ -272,62 +276,3 @@ def send_files(peer: Peer, paths: Sequence[Path], *, calling_ae: str = "DICOM_NO
     report.skipped.extend(skipped)
     return report
 
-
-class Delivery:
-    """Handler of ``deliver`` jobs (ref ``<result UID>><destination>``): one association per destination
-    per batch, retries with exponential back-off that survive restarts (the delay is in the job row),
-    and after ``delivery.max_attempts`` the delivery is parked as failed with its error."""
-
-    def __init__(self, cfg: Config, store: Store) -> None:
-        self.cfg = cfg
-        self.store = store
-
-    def backoff(self, attempts: int) -> float:
-        d = self.cfg.delivery
-        return float(min(d.backoff_s * 2 ** max(attempts - 1, 0), d.backoff_max_s))
-
-    def __call__(self, jobs: Sequence[Job]) -> dict[int, WorkOutcome]:
-        by_dest: dict[str, list[Job]] = {}
-        for job in jobs:
-            by_dest.setdefault(job.ref.rpartition(">")[2], []).append(job)
-        destinations = {d.name: d for d in self.cfg.destinations}
-        out: dict[int, WorkOutcome] = {}
-        for name, group in by_dest.items():
-            dest = destinations.get(name)
-            if dest is None:
-                for job in group:
-                    out[job.id] = WorkOutcome("failed", f"destination {name!r} is no longer configured")
-                continue
-            items: list[tuple[str, Dataset | Path]] = []
-            for job in group:
-                row = self.store.result(job.ref.rpartition(">")[0])
-                if row is None or not Path(row["path"]).exists():
-                    out[job.id] = WorkOutcome("failed", "result object is missing from the outbox")
-                    continue
-                items.append((str(job.id), Path(row["path"])))
-            peer = peer_for(dest)
-            report = send_datasets(peer, items, calling_ae=self.cfg.node.ae_title)
-            failed = dict(report.failed)
-            for job in group:
-                if job.id in out:
-                    continue
-                error = failed.get(str(job.id))
-                if error is None:
-                    state, out[job.id] = "delivered", WorkOutcome("done", f"delivered to {name}")
-                elif job.attempts >= job.max_attempts:
-                    state, out[job.id] = "failed", WorkOutcome("failed", error)
-                else:
-                    state, out[job.id] = "retrying", WorkOutcome("retry", error, self.backoff(job.attempts))
-                self.store.set_delivery(job.ref.rpartition(">")[0], name, state, attempts=job.attempts,
-                                        peer_ae=dest.ae_title, peer_host=dest.host, error=error)
-            if report.failed:
-                log.warning("delivery failed", extra={"destination": name, "failed": len(report.failed),
-                                                      "error": report.failed[0][1]})
-        return out
-
-
-def echo_destinations(cfg: Config, store: Store) -> None:
-    """C-ECHO every destination and record the answer (the node's view of its peers' health)."""
-    for d in cfg.destinations:
-        res = echo(peer_for(d), calling_ae=cfg.node.ae_title, timeout_s=10)
-        store.set_echo(d.name, res.ok, res.error)

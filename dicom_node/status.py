@@ -28,7 +28,8 @@ def node_status(cfg: Config, store: Store | None = None) -> dict[str, Any]:
     data["destinations"] = [
         {
             "name": d.name,
-            "address": f"{d.ae_title}@{d.host}:{d.port}",
+            "address": d.address,  # AE@HOST:PORT or the DICOMweb URL, never a credential
+            "protocol": "stow-rs" if d.is_dicomweb else "dimse",
             "kinds": list(d.kinds),
             **{k: peers.get(d.name, {}).get(k) for k in
                ("last_echo_at", "last_echo_ok", "last_echo_error", "last_delivery_at", "last_delivery_ok")},

@@ -126,6 +126,20 @@ CREATE TABLE IF NOT EXISTS audit (
     detail TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
+-- What QIDO-RS matches on (PS3.18 §10.6), one row per stored instance or result, read from its
+-- header by dicom_node.dicomweb.index the first time a query finds it missing: a cache of the files,
+-- which stay the truth. Holds patient attributes, as the files do; they are never logged.
+CREATE TABLE IF NOT EXISTS dicomweb_index (
+    sop_instance_uid TEXT PRIMARY KEY,
+    study_instance_uid TEXT NOT NULL,
+    series_instance_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    transfer_syntax_uid TEXT NOT NULL,
+    path TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    attributes TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dicomweb_index_study ON dicomweb_index (study_instance_uid, series_instance_uid);
 """
 
 
@@ -601,6 +615,27 @@ class Store:
                                         "sop_class_uid": r["sop_class_uid"], "deliveries": deliveries})
             out.append(item)
         return out
+
+    # -- DICOMweb index (QIDO-RS) -----------------------------------------------------------------
+
+    def unindexed(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """Stored instances and results that have no ``dicomweb_index`` row yet: ``sop_instance_uid``,
+        ``path``, ``origin`` (``received`` or ``result``)."""
+        return [dict(r) for r in self.conn().execute(
+            "SELECT sop_instance_uid, path, 'received' AS origin FROM instances i"
+            " WHERE NOT EXISTS (SELECT 1 FROM dicomweb_index x WHERE x.sop_instance_uid = i.sop_instance_uid)"
+            " UNION ALL SELECT sop_instance_uid, path, 'result' FROM results r"
+            " WHERE NOT EXISTS (SELECT 1 FROM dicomweb_index x WHERE x.sop_instance_uid = r.sop_instance_uid)"
+            " LIMIT ?", (limit,))]
+
+    def put_index(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Write index rows (idempotent: an instance indexed twice keeps one row)."""
+        with self.transaction() as conn:
+            conn.executemany(
+                "INSERT OR REPLACE INTO dicomweb_index (sop_instance_uid, study_instance_uid, series_instance_uid,"
+                " sop_class_uid, transfer_syntax_uid, path, origin, attributes) VALUES"
+                " (:sop_instance_uid, :study_instance_uid, :series_instance_uid, :sop_class_uid,"
+                " :transfer_syntax_uid, :path, :origin, :attributes)", rows)
 
     # -- audit ---------------------------------------------------------------------------------
 

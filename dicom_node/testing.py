@@ -110,14 +110,17 @@ class NodeProcess:
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     config_path: Path = Path()
+    dicomweb_port: int = 0  # on loopback; serving only with the override dicomweb={"enabled": True}
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
+        self.dicomweb_port = self.dicomweb_port or free_port()
         cfg: dict[str, Any] = {
             "node": {"port": self.port, "host": "127.0.0.1"},
             "storage": {"dir": str(self.root / "var"), "min_free_mb": 1},
             "admin": {"enabled": False},
+            "dicomweb": {"enabled": False, "host": "127.0.0.1", "port": self.dicomweb_port},
             "twin": {"sidecar_dir": str(self.root / "sidecar")},
         }
         for key, value in self.overrides.items():
@@ -125,6 +128,7 @@ class NodeProcess:
                 cfg[key].update(value)
             else:
                 cfg[key] = value
+        self.dicomweb_port = int(cfg["dicomweb"].get("port", self.dicomweb_port))
         self.config_path = self.root / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(cfg))
 
@@ -135,6 +139,12 @@ class NodeProcess:
     @property
     def log_path(self) -> Path:
         return self.root / "serve.log"
+
+    @property
+    def dicomweb_url(self) -> str:
+        """The base URL of its DICOMweb service (``dicomweb.enabled``), ``http(s)://127.0.0.1:PORT/dicom-web``."""
+        scheme = "https" if (self.overrides.get("dicomweb") or {}).get("tls") else "http"
+        return f"{scheme}://127.0.0.1:{self.dicomweb_port}/dicom-web"
 
     def start(self, wait_s: float = 120.0) -> NodeProcess:
         log = open(self.log_path, "ab")
@@ -265,6 +275,8 @@ class OrthancProcess:
     ``dicomweb=True`` loads its DICOMweb plugin (Debian ``orthanc-dicomweb``) at ``/dicom-web/``;
     ``dicomweb_servers`` names the DICOMweb servers it may push to (``/dicom-web/servers/NAME/stow``),
     each ``{"Url": ..., "HttpHeaders": {...}}`` as the plugin's ``DicomWeb.Servers`` takes them.
+    ``options`` are further Orthanc settings on top (e.g. ``SslEnabled`` with ``SslCertificate``,
+    ``AuthenticationEnabled`` with ``RegisteredUsers``, ``MaximumPatientCount``).
     """
 
     root: Path
@@ -273,6 +285,7 @@ class OrthancProcess:
     http_port: int = 0
     dicomweb: bool = False
     dicomweb_servers: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait_s: float = 60.0) -> OrthancProcess:
@@ -290,6 +303,7 @@ class OrthancProcess:
             cfg["Plugins"] = [DICOMWEB_PLUGIN]
             cfg["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/", "EnableWado": False,
                                "Servers": self.dicomweb_servers}
+        cfg.update(self.options)
         (self.root / "orthanc.json").write_text(json.dumps(cfg))
         log = open(self.root / "orthanc.log", "ab")
         self.proc = subprocess.Popen(["Orthanc", str(self.root / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
@@ -312,7 +326,7 @@ class OrthancProcess:
         """GET Orthanc's REST API and decode the JSON."""
         import urllib.request
 
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=30) as rsp:
+        with urllib.request.urlopen(f"{self.http_url}{path}", timeout=30, context=self._ssl()) as rsp:
             body = rsp.read()
         return json.loads(body) if body[:1] in (b"{", b"[") else body
 
@@ -322,14 +336,26 @@ class OrthancProcess:
     @property
     def dicomweb_url(self) -> str:
         """The base URL of its DICOMweb plugin (``dicomweb=True``), e.g. for a STOW-RS destination."""
-        return f"http://127.0.0.1:{self.http_port}/dicom-web"
+        return f"{self.http_url}/dicom-web"
+
+    @property
+    def http_url(self) -> str:
+        """Its REST API: https with ``SslEnabled`` (a certificate for 127.0.0.1), else http."""
+        return f"{'https' if self.options.get('SslEnabled') else 'http'}://127.0.0.1:{self.http_port}"
+
+    def _ssl(self) -> Any:
+        """With ``SslEnabled``, trust its own certificate (``SslCertificate``, self-signed); else None."""
+        import ssl
+
+        cert = self.options.get("SslCertificate") if self.options.get("SslEnabled") else None
+        return ssl.create_default_context(cafile=str(cert)) if cert else None
 
     def post(self, path: str, body: Any) -> Any:
         """POST JSON to Orthanc's REST API and decode the JSON answer."""
         import urllib.request
 
-        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=json.dumps(body).encode(),
+        req = urllib.request.Request(f"{self.http_url}{path}", data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"}, method="POST")
-        with urllib.request.urlopen(req, timeout=120) as rsp:
+        with urllib.request.urlopen(req, timeout=120, context=self._ssl()) as rsp:
             answer = rsp.read()
         return json.loads(answer) if answer[:1] in (b"{", b"[") else answer

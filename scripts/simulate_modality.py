@@ -12,6 +12,18 @@ Faults to inject, each naming a device by its 1-based number:
     --software-update 2:25[:VERSION]  a new SoftwareVersions from acquisition 25
     --silent 4[:4]            nothing (images or log) for the last 4 days
 
+Degradations (``--degrade DEV:KIND[:ARGS]``, repeatable; docs/twin.md, Modality simulator):
+
+    --degrade 2:ramp:tube_housing_temperature[:60]   the signal ramps from its normal level at the
+                              start of the window to its alert limit 60 days later (default --days + 10)
+    --degrade 3:arcs[:7[:4]]  high-voltage arcs rise over the last 7 days from 0.2/day to 4/day
+    --degrade 1:tube[:3]      heavy use: 3x the images, kV +25 (at most 150) and 4x the mAs
+    --degrade 4:processing:25[:VERSION]  a software update at acquisition 25 that changes the image
+                              processing (a harder tone curve) and so the AI's positive rate
+
+``--all-signals`` makes every device log every default signal of twin.signals at its normal level
+(the stable model that the degradations start from), not only the detector temperature.
+
 Examples::
 
     python scripts/simulate_modality.py --to DICOM_NODE@127.0.0.1:11112 --devices 4 --images 60 \\
@@ -28,8 +40,10 @@ import argparse
 import csv
 import json
 import logging
+import math
 import random
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -40,6 +54,81 @@ log = logging.getLogger("simulate_modality")
 DI_SIGMA = 0.8  # spread of the deviation index of a stable device, in DI units
 FAULT_RATE = 0.1  # background faults per device per day
 FAULT_CODES = ("E-GEN-201 generator overload", "E-DET-310 detector link lost", "E-COL-120 collimator timeout")
+TELEMETRY_EVERY_H = 4  # one telemetry line every 4 hours
+
+#: A healthy device's level of each default signal (twin.signals.DEFAULT_SIGNALS), the spread of one
+#: reading, and the spread of the day-to-day wander of the level (AR(1), DAY_PHI): a room warms on a
+#: busy day, cooling water follows the season. Levels sit in the middle of the normal ranges of
+#: docs/twin.md; the spreads are of the size service logs show, not measured on a real fleet.
+NORMAL: dict[str, tuple[float, float, float]] = {
+    "detector_temperature": (31.0, 0.8, 0.0),
+    "tube_housing_temperature": (45.0, 1.5, 1.5),
+    "generator_tank_temperature": (40.0, 1.0, 1.0),
+    "cooling_water_temperature": (18.0, 0.8, 1.0),
+    "cooling_water_flow": (5.0, 0.2, 0.2),
+    "anode_bearing_vibration": (0.8, 0.08, 0.05),
+    "battery_charge": (80.0, 5.0, 3.0),
+}
+DAY_PHI = 0.7
+ARC_BASE_RATE = 0.2  # high-voltage arcs per day of a healthy generator
+AI_POSITIVE_RATE = 0.25  # share of chest films the detector calls positive, before a processing change
+AI_POSITIVE_AFTER = 0.40  # ... and after it (a harder tone curve makes opacities stand out)
+
+
+@dataclass(frozen=True)
+class Degradation:
+    """One degradation of a device (``--degrade DEV:KIND[:ARGS]``)."""
+
+    kind: str  # ramp, arcs, tube, processing
+    signal: str = ""  # ramp: the signal
+    days: float = 0.0  # ramp: days from the normal level to the alert limit; arcs: days of the rise
+    peak: float = 0.0  # arcs: arcs per day at the end of the rise; tube: the use factor
+    from_acquisition: int = 0  # processing: the first acquisition after the update
+    version: str = ""  # processing: the new SoftwareVersions
+
+
+class SignalModel:
+    """A signal of one device: its normal level, a day-to-day AR(1) wander and reading noise, plus an
+    optional linear ramp of ``rate`` per day from ``ramp_from``. The measurement script
+    (tests/twin/measure_health.py) draws its devices from this same model."""
+
+    def __init__(self, name: str, rng: random.Random, origin: datetime, *, ramp_from: datetime | None = None,
+                 rate: float = 0.0) -> None:
+        self.level, self.sd, self.day_sd = NORMAL[name]
+        self.rng, self.origin, self.ramp_from, self.rate = rng, origin, ramp_from, rate
+        self._days: list[float] = []
+
+    def _wander(self, day: int) -> float:
+        while len(self._days) <= day:
+            prev = self._days[-1] if self._days else self.rng.gauss(0, self.day_sd)
+            self._days.append(DAY_PHI * prev + math.sqrt(1 - DAY_PHI**2) * self.rng.gauss(0, self.day_sd))
+        return self._days[day]
+
+    def value(self, t: datetime) -> float:
+        """The reading at ``t`` (call in time order for the same draws)."""
+        day = max(0, int((t - self.origin).total_seconds() // 86400))
+        ramp = self.rate * max(0.0, (t - self.ramp_from).total_seconds() / 86400) if self.ramp_from else 0.0
+        return round(self.level + ramp + self._wander(day) + self.rng.gauss(0, self.sd), 2)
+
+
+def ramp_limits(name: str) -> tuple[str, float, float]:
+    """(side, warn limit, alert limit) a ramp of ``name`` heads for: the high side when it has one."""
+    from twin.signals import DEFAULT_SIGNALS
+
+    sig = next((s for s in DEFAULT_SIGNALS if s.name == name), None)
+    if sig is None or sig.counted or name not in NORMAL:
+        names = ", ".join(s.name for s in DEFAULT_SIGNALS if not s.counted)
+        raise argparse.ArgumentTypeError(f"--degrade ramp: signal {name!r} is not one of {names}")
+    if sig.alert[1] is not None and sig.warn[1] is not None:
+        return "high", sig.warn[1], sig.alert[1]
+    assert sig.warn[0] is not None and sig.alert[0] is not None
+    return "low", sig.warn[0], sig.alert[0]
+
+
+def ramp_rate(name: str, days: float) -> float:
+    """Per-day slope taking ``name`` from its normal level to its alert limit in ``days``."""
+    _, _, alert = ramp_limits(name)
+    return (alert - NORMAL[name][0]) / days
 
 
 @dataclass
@@ -53,6 +142,7 @@ class Injections:
     fault_burst: dict[int, int] = field(default_factory=dict)  # number of faults
     software_update: dict[int, tuple[int, str]] = field(default_factory=dict)  # from acquisition K, version
     silent: dict[int, float] = field(default_factory=dict)  # days of silence before now
+    degrade: dict[int, list[Degradation]] = field(default_factory=dict)
 
 
 @dataclass
@@ -70,6 +160,9 @@ class Shot:
     detector_temperature: float
     calibration_date: date
     software_versions: str
+    processing_changed: bool = False  # after a processing degradation's software update
+    ai_score: float = 0.0  # the detector's image-level score the plan implies (processing)
+    sop_instance_uid: str = ""  # set once its dataset is made (datasets)
 
 
 @dataclass
@@ -88,6 +181,8 @@ class Plan:
     shots: list[Shot]
     events: list[LogEvent]
     injections: Injections
+    now: datetime | None = None  # the end of the window
+    days: float = 7.0  # its length
 
 
 def plan(
@@ -97,6 +192,7 @@ def plan(
     days: float = 7.0,
     now: datetime | None = None,
     injections: Injections | None = None,
+    all_signals: bool = False,
 ) -> Plan:
     """Everything the fleet will send and log; deterministic for (seed, now)."""
     from models.phantoms import device_fleet
@@ -110,17 +206,26 @@ def plan(
         rng = random.Random(f"{seed}:{number}")
         start = now - timedelta(days=days)
         end = now - timedelta(days=inj.silent.get(number, 0.0)) - timedelta(minutes=5)
-        times = sorted(start + (end - start) * rng.random() for _ in range(images))
+        degr = {d.kind: d for d in inj.degrade.get(number, [])}
+        use = degr["tube"].peak if "tube" in degr else 1.0
+        times = sorted(start + (end - start) * rng.random() for _ in range(round(images * use)))
         mean_di = rng.uniform(-0.5, 0.5)
         tei = float(dev.target_exposure_index)
         lapse = inj.calibration_lapse.get(number)
         calibrated = (now - timedelta(days=lapse if lapse is not None else rng.randint(20, 90))).date()
         drift_from, drift_rate = inj.drift.get(number, (images + 1, 0.0))
-        update_from, new_version = inj.software_update.get(number, (images + 1, ""))
+        update_from, new_version = inj.software_update.get(number, (len(times) + 1, ""))
+        processing = degr.get("processing")
+        if processing is not None:
+            update_from, new_version = processing.from_acquisition, processing.version
+        kvp = min(dev.base_kvp + 25.0, 150.0) if "tube" in degr else dev.base_kvp
+        ai_rng = random.Random(f"{seed}:{number}:ai")
         for i, at in enumerate(times, start=1):
             di = rng.gauss(mean_di, DI_SIGMA) + (
                 drift_rate * (i - drift_from + 1) if i >= drift_from else 0.0
             )
+            changed = processing is not None and i >= update_from
+            positive = ai_rng.random() < (AI_POSITIVE_AFTER if changed else AI_POSITIVE_RATE)
             shots.append(
                 Shot(
                     device=number,
@@ -129,17 +234,58 @@ def plan(
                     deviation_index=round(di, 2),
                     exposure_index=round(tei * 10 ** (di / 10), 1),
                     target_exposure_index=tei,
-                    kvp=dev.base_kvp,
-                    mas=round(2.5 * 10 ** (di / 10), 2),
+                    kvp=kvp,
+                    mas=round(2.5 * 10 ** (di / 10) * (4.0 if "tube" in degr else 1.0), 2),
                     detector_temperature=round(rng.gauss(31.0, 0.8), 1),
                     calibration_date=calibrated,
                     software_versions=new_version if i >= update_from else dev.software_versions,
+                    processing_changed=changed,
+                    ai_score=round(ai_rng.uniform(0.5, 0.99) if positive else ai_rng.uniform(0.01, 0.5), 3),
                 )
             )
-        events += _device_log(number, rng, start, end, calibrated, inj.fault_burst.get(number, 0), now)
+        values_at = _signal_values(f"{seed}:{number}", start, degr, now, all_signals)
+        events += _device_log(number, rng, start, end, calibrated, inj.fault_burst.get(number, 0), now, values_at)
     shots.sort(key=lambda s: (s.at, s.device))
     events.sort(key=lambda e: (e.time, e.device))
-    return Plan(fleet, shots, events, inj)
+    return Plan(fleet, shots, events, inj, now, days)
+
+
+def _signal_values(
+    key: str, start: datetime, degr: dict[str, Degradation], now: datetime, all_signals: bool
+) -> Callable[[datetime], dict[str, float]]:
+    """The extra telemetry values of one device at a time: every default signal at its normal level
+    (with ``all_signals``), a ramping signal, high-voltage arcs since the last line."""
+    rng = random.Random(f"{key}:signals")
+    models: dict[str, SignalModel] = {}
+    names = [n for n in NORMAL if n != "detector_temperature"] if all_signals else []
+    ramp = degr.get("ramp")
+    for name in names + ([ramp.signal] if ramp and ramp.signal not in names else []):
+        if ramp is not None and name == ramp.signal:
+            models[name] = SignalModel(name, rng, start, ramp_from=start, rate=ramp_rate(name, ramp.days))
+        else:
+            models[name] = SignalModel(name, rng, start)
+    arcs = degr.get("arcs")
+
+    def values(t: datetime) -> dict[str, float]:
+        out = {name: m.value(t) for name, m in models.items()}
+        if arcs is not None:
+            rise_from = now - timedelta(days=arcs.days)
+            share = min(max((t - rise_from).total_seconds() / (arcs.days * 86400), 0.0), 1.0)
+            per_day = ARC_BASE_RATE + (arcs.peak - ARC_BASE_RATE) * share
+            out["hv_arcs"] = float(poisson(rng, per_day * TELEMETRY_EVERY_H / 24))
+        return out
+
+    return values
+
+
+def poisson(rng: random.Random, lam: float) -> int:
+    """A Poisson draw (Knuth's method; fine for the small rates here)."""
+    limit, k, p = math.exp(-lam), 0, 1.0
+    while True:
+        p *= rng.random()
+        if p <= limit:
+            return k
+        k += 1
 
 
 def _device_log(
@@ -150,17 +296,19 @@ def _device_log(
     calibrated: date,
     burst: int,
     now: datetime,
+    values_at: Callable[[datetime], dict[str, float]],
 ) -> list[LogEvent]:
     """A day-by-day log: power on, telemetry every few hours, rare faults, calibration, burst."""
     out: list[LogEvent] = []
     day = start
     while day < end:
         out.append(LogEvent(number, day, "power", "ON", "system start"))
-        for hour in range(0, 24, 4):
+        for hour in range(0, 24, TELEMETRY_EVERY_H):
             t = day + timedelta(hours=hour, minutes=rng.randint(0, 59))
             if t < end:
                 temp = round(rng.gauss(31.0, 0.8), 1)
-                out.append(LogEvent(number, t, "telemetry", None, None, {"detector_temperature": temp}))
+                values = {"detector_temperature": temp, **values_at(t)}
+                out.append(LogEvent(number, t, "telemetry", None, None, values))
         if rng.random() < FAULT_RATE:
             code, message = rng.choice(FAULT_CODES).split(" ", 1)
             out.append(LogEvent(number, day + timedelta(hours=rng.uniform(0, 24)), "fault", code, message))
@@ -183,6 +331,8 @@ def datasets(p: Plan, size: int = 256) -> Any:
         if shot.software_versions != device.software_versions:
             device = _with_software(device, shot.software_versions)
         phantom = generate(seed=shot.device * 100_003 + shot.index, index=shot.index, size=size)
+        if shot.processing_changed:
+            phantom = _harder_tone_curve(phantom)
         exposure = Exposure(
             kvp=shot.kvp,
             mas=shot.mas,
@@ -194,7 +344,39 @@ def datasets(p: Plan, size: int = 256) -> Any:
         )
         # to_dataset writes local wall-clock times (no offset), as most modalities do
         local = shot.at.astimezone().replace(tzinfo=None)
-        yield shot, to_dataset(phantom, device, acquired_at=local, exposure=exposure)
+        ds = to_dataset(phantom, device, acquired_at=local, exposure=exposure)
+        shot.sop_instance_uid = str(ds.SOPInstanceUID)
+        yield shot, ds
+
+
+def ai_outcome(shot: Shot) -> dict[str, Any]:
+    """The detector's outcome the plan implies for one image, as ``TwinStore.record_ai_outcome`` takes
+    it: its score, one finding when the score reaches 0.5 (the operating point), not skipped. The
+    positive rate is AI_POSITIVE_RATE, AI_POSITIVE_AFTER after a processing change."""
+    return {"score": shot.ai_score, "findings": int(shot.ai_score >= 0.5), "skipped": False}
+
+
+def record_ai_outcomes(p: Plan, store: Any) -> int:
+    """Hand the planned AI outcome of every image made so far to ``store.record_ai_outcome`` (a
+    twin.store.TwinStore on the node's database), so the AI watch can be measured without running the
+    detector; returns how many were handed over."""
+    n = 0
+    for shot in p.shots:
+        if shot.sop_instance_uid:
+            store.record_ai_outcome(shot.sop_instance_uid, **ai_outcome(shot))
+            n += 1
+    return n
+
+
+def _harder_tone_curve(phantom: Any) -> Any:
+    """The image processing of the new software: a gamma of 1.4 on the 16-bit pixels (darker
+    mid-tones, more contrast in the lungs), as a vendor's new default look would."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    scaled = (phantom.pixels.astype(np.float64) / 65535.0) ** 1.4
+    return replace(phantom, pixels=np.round(scaled * 65535.0).astype(phantom.pixels.dtype))
 
 
 def _with_software(device: Any, version: str) -> Any:
@@ -342,6 +524,7 @@ def summary(p: Plan, counts: dict[int, dict[str, int]], sidecar: dict[int, Path]
             )
         if number in inj.silent:
             injected.append({"kind": "silent", "days": inj.silent[number]})
+        injected += [_degradation_summary(p, d) for d in inj.degrade.get(number, [])]
         kinds: dict[str, int] = {}
         for e in p.events:
             if e.device == number:
@@ -370,6 +553,65 @@ def summary(p: Plan, counts: dict[int, dict[str, int]], sidecar: dict[int, Path]
         "failed": sum(d["failed"] for d in devices),
         "events": len(p.events),
     }
+
+
+def _degradation_summary(p: Plan, d: Degradation) -> dict[str, Any]:
+    """What a degradation does, with the truth a test or a measurement checks against (for a ramp,
+    when it crosses its warn and alert limits)."""
+    now = p.now or datetime.now(UTC)
+    start = now - timedelta(days=p.days)
+    if d.kind == "ramp":
+        side, warn, alert = ramp_limits(d.signal)
+        rate = ramp_rate(d.signal, d.days)
+        level = NORMAL[d.signal][0]
+        return {"kind": "ramp", "signal": d.signal, "side": side, "from_level": level, "per_day": round(rate, 4),
+                "warn_limit": warn, "alert_limit": alert,
+                "crosses_warn_at": (start + timedelta(days=(warn - level) / rate)).isoformat(),
+                "crosses_alert_at": (start + timedelta(days=d.days)).isoformat()}
+    if d.kind == "arcs":
+        return {"kind": "arcs", "base_per_day": ARC_BASE_RATE, "peak_per_day": d.peak,
+                "rise_from": (now - timedelta(days=d.days)).isoformat()}
+    if d.kind == "tube":
+        return {"kind": "tube", "use_factor": d.peak, "kvp_added": 25.0, "mas_factor": 4.0}
+    return {"kind": "processing", "from_acquisition": d.from_acquisition, "version": d.version,
+            "ai_positive_rate_before": AI_POSITIVE_RATE, "ai_positive_rate_after": AI_POSITIVE_AFTER}
+
+
+def parse_degradation(text: str, days: float) -> tuple[int, Degradation]:
+    """``DEV:KIND[:ARGS]`` of ``--degrade`` (the forms in the module docstring)."""
+    dev_text, _, rest = text.partition(":")
+    kind, _, args = rest.partition(":")
+    forms = {"ramp": "DEV:ramp:SIGNAL[:DAYS]", "arcs": "DEV:arcs[:DAYS[:PEAK]]", "tube": "DEV:tube[:FACTOR]",
+             "processing": "DEV:processing:K[:VERSION]"}
+    if kind not in forms:
+        raise argparse.ArgumentTypeError(f"--degrade {text!r}: KIND one of {', '.join(forms)}")
+    try:
+        dev = int(dev_text)
+        parts = args.split(":") if args else []
+        if kind == "ramp":
+            if not 1 <= len(parts) <= 2:
+                raise ValueError
+            ramp_limits(parts[0])
+            d = Degradation("ramp", signal=parts[0], days=float(parts[1]) if len(parts) > 1 else days + 10)
+        elif kind == "arcs":
+            if len(parts) > 2:
+                raise ValueError
+            d = Degradation("arcs", days=float(parts[0]) if parts else 7.0, peak=float(parts[1]) if len(parts) > 1
+                            else 4.0)
+        elif kind == "tube":
+            if len(parts) > 1:
+                raise ValueError
+            d = Degradation("tube", peak=float(parts[0]) if parts else 3.0)
+        else:
+            if not 1 <= len(parts) <= 2:
+                raise ValueError
+            d = Degradation("processing", from_acquisition=int(parts[0]),
+                            version=parts[1] if len(parts) > 1 else "PROC-2.0")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--degrade {text!r}: expected {forms[kind]}") from None
+    if d.days < 0 or (kind == "ramp" and d.days <= 0) or (kind == "tube" and d.peak < 1) or d.peak < 0:
+        raise argparse.ArgumentTypeError(f"--degrade {text!r}: DAYS > 0, PEAK >= 0, FACTOR >= 1")
+    return dev, d
 
 
 def _spec(text: str, n_required: int, defaults: tuple[Any, ...], types: tuple[type, ...], flag: str) -> tuple:
@@ -406,6 +648,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--fault-burst", action="append", default=[], metavar="DEV[:COUNT]")
     ap.add_argument("--software-update", action="append", default=[], metavar="DEV:K[:VERSION]")
     ap.add_argument("--silent", action="append", default=[], metavar="DEV[:DAYS]")
+    ap.add_argument("--degrade", action="append", default=[], metavar="DEV:KIND[:ARGS]",
+                    help="ramp:SIGNAL[:DAYS], arcs[:DAYS[:PEAK]], tube[:FACTOR], processing:K[:VERSION]")
+    ap.add_argument("--all-signals", action="store_true",
+                    help="every device logs every default signal at its normal level")
     ap.add_argument("--json", action="store_true", help="print a JSON summary of what was sent")
     return ap
 
@@ -427,7 +673,12 @@ def injections_from(args: argparse.Namespace) -> Injections:
     for t in args.silent:
         dev, days = _spec(t, 1, (0, 4.0), (int, float), "--silent")
         inj.silent[dev] = days
-    for table in (inj.drift, inj.calibration_lapse, inj.fault_burst, inj.software_update, inj.silent):
+    for t in args.degrade:
+        dev, d = parse_degradation(t, args.days)
+        if any(x.kind == d.kind for x in inj.degrade.get(dev, [])):
+            raise argparse.ArgumentTypeError(f"--degrade {t!r}: device {dev} already has a {d.kind} degradation")
+        inj.degrade.setdefault(dev, []).append(d)
+    for table in (inj.drift, inj.calibration_lapse, inj.fault_burst, inj.software_update, inj.silent, inj.degrade):
         for dev in table:
             if not 1 <= dev <= args.devices:
                 raise argparse.ArgumentTypeError(f"device number {dev}: 1 to {args.devices}")
@@ -445,7 +696,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(str(exc))
     if args.devices < 1 or args.images < 0 or args.size < 64:
         ap.error("--devices >= 1, --images >= 0, --size >= 64")
-    p = plan(args.devices, args.images, args.seed, args.days, injections=inj)
+    p = plan(args.devices, args.images, args.seed, args.days, injections=inj, all_signals=args.all_signals)
     sidecar = write_sidecar(p, args.sidecar_dir, args.sidecar_format) if args.sidecar_dir else {}
     if target:
         try:

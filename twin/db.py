@@ -152,9 +152,32 @@ TABLES: dict[str, tuple[dict[str, type], str | tuple[str, ...], list[tuple[str, 
             "faults": INT,
             "warnings": INT,
             "events": INT,
+            # tube load (twin.tube): exposures with both kVp and mAs, and their sum of kVp x mAs
+            "load_n": INT,
+            "kvp_mas_sum": REAL,
+            # AI outcomes (twin.ai_watch): images analysed, positive, skipped; sum and count of scores
+            "ai_analysed": INT,
+            "ai_positive": INT,
+            "ai_skipped": INT,
+            "ai_score_n": INT,
+            "ai_score_sum": REAL,
         },
         ("device_id", "day"),
         [],
+    ),
+    "twin_ai_outcomes": (
+        {
+            "sop_instance_uid": TEXT,
+            "device_id": INT,
+            "at": TEXT,
+            "score": REAL,
+            "findings": INT,
+            "positive": INT,
+            "skipped": INT,
+            "recorded_at": TEXT,
+        },
+        "sop_instance_uid",
+        [("device_id", "at")],
     ),
     "twin_sidecar_files": (
         {
@@ -177,8 +200,11 @@ TABLES: dict[str, tuple[dict[str, type], str | tuple[str, ...], list[tuple[str, 
     ),
 }
 
-# the last object ensure_schema creates: when it exists, the schema is complete
-SCHEMA_MARKER = "twin_sidecar_files_path"
+# the last object ensure_schema creates: when it exists, the schema is complete (its name changes
+# with each migration, so an older database is brought up to date once, on the first start)
+SCHEMA_MARKER = "twin_ai_outcomes_analysed"
+# made by the re-keying of issue 12: a database without it has its sidecar offsets keyed by path
+SIDECAR_PATH_INDEX = "twin_sidecar_files_path"
 COUNTERS = (
     "acquisitions",
     "di_n",
@@ -189,6 +215,13 @@ COUNTERS = (
     "faults",
     "warnings",
     "events",
+    "load_n",
+    "kvp_mas_sum",
+    "ai_analysed",
+    "ai_positive",
+    "ai_skipped",
+    "ai_score_n",
+    "ai_score_sum",
 )
 
 
@@ -218,7 +251,7 @@ def ensure_schema(db: sqlite_utils.Database) -> None:
     When they all exist nothing is written, so a reader (the CLI) never waits for the write lock.
     """
     present = {r["name"] for r in db.query("SELECT name FROM sqlite_master WHERE name LIKE 'twin_%'")}
-    if set(TABLES) <= present and SCHEMA_MARKER in present:
+    if set(TABLES) | {SIDECAR_PATH_INDEX, SCHEMA_MARKER} <= present:
         return
     with writing(db):
         for name, (columns, pk, indexes) in TABLES.items():
@@ -232,7 +265,32 @@ def ensure_schema(db: sqlite_utils.Database) -> None:
             ["key"], unique=True, if_not_exists=True, index_name="twin_devices_key_unique"
         )
         _key_sidecar_files_by_inode(db)
-        db.table("twin_sidecar_files").create_index(["path"], if_not_exists=True, index_name=SCHEMA_MARKER)
+        db.table("twin_sidecar_files").create_index(
+            ["path"], if_not_exists=True, index_name=SIDECAR_PATH_INDEX
+        )
+        _add_daily_counters(db)
+        db.table("twin_ai_outcomes").create_index(
+            ["device_id", "skipped", "at"], if_not_exists=True, index_name=SCHEMA_MARKER
+        )
+
+
+def _add_daily_counters(db: sqlite_utils.Database) -> None:
+    """Add the counters ``twin_daily`` gained since it was created (issue 15: tube load, AI outcomes),
+    0 by default; the tube load of the days whose raw acquisitions retention still holds is filled in
+    from them, so a node upgraded mid-life counts its recent load (older days count 0, say the docs)."""
+    present = {c.name for c in db.table("twin_daily").columns}
+    missing = [c for c in COUNTERS if c not in present]
+    for name in missing:
+        kind = "REAL" if TABLES["twin_daily"][0][name] is REAL else "INTEGER"
+        db.execute(f"ALTER TABLE twin_daily ADD COLUMN {name} {kind} NOT NULL DEFAULT 0")
+    if "kvp_mas_sum" in missing:
+        db.execute(
+            "UPDATE twin_daily SET "
+            "load_n = (SELECT count(*) FROM twin_acquisitions a WHERE a.device_id = twin_daily.device_id "
+            "AND substr(a.at, 1, 10) = twin_daily.day AND a.kvp IS NOT NULL AND a.mas IS NOT NULL), "
+            "kvp_mas_sum = coalesce((SELECT sum(a.kvp * a.mas) FROM twin_acquisitions a "
+            "WHERE a.device_id = twin_daily.device_id AND substr(a.at, 1, 10) = twin_daily.day), 0)"
+        )
 
 
 def _key_sidecar_files_by_inode(db: sqlite_utils.Database) -> None:

@@ -1,5 +1,5 @@
-"""Health of one device: six rules, and range, forecast or count rules per signal (twin.signals),
-each OK / WARN / ALERT with a reason in words and since when.
+"""Health of one device: eight rules, a rule per fault code that rises, and range, forecast or count
+rules per signal (twin.signals), each OK / WARN / ALERT with a reason in words and since when.
 
 The rules are pure functions of a :class:`DeviceHistory` (built by :mod:`twin.store`) and ``now``,
 so they can be tested and measured without a database. Thresholds live in :class:`Thresholds`;
@@ -20,7 +20,9 @@ from functools import lru_cache
 
 import numpy as np
 
+from twin.ai_watch import AiHistory, Comparison, Outcome, Reference, compare
 from twin.signals import DEFAULT_SIGNALS, Forecast, Signal, forecast
+from twin.tube import TubeWear
 
 
 class Status(StrEnum):
@@ -108,6 +110,8 @@ class Thresholds:
     fault_baseline_upper: bool = True
     fault_arl_warn_days: float = 2000.0
     fault_arl_alert_days: float = 20000.0
+    # faults of one code (rule fault_code:CODE), each code through the same Poisson CUSUM
+    fault_codes: bool = True
     # signals (sidecar telemetry values, detector temperature also from the headers): their ranges
     signals: tuple[Signal, ...] = DEFAULT_SIGNALS
     # a range rule needs the last temp_consecutive readings (at most temp_max_age_days old) outside
@@ -131,6 +135,19 @@ class Thresholds:
     silence_alert_factor: float = 4.0
     silence_warn_min_h: float = 36.0
     silence_alert_min_h: float = 72.0
+    # tube wear (twin.tube): heat units k·kVp·mAs since the last `tube` maintenance record against the
+    # tube's rated life in heat units (None: unknown, the load is shown without a verdict)
+    tube_rated_life: float | None = None
+    tube_heat_unit_factor: float = 1.35
+    tube_rate_days: float = 30.0
+    tube_warn_fraction: float = 0.8
+    tube_alert_fraction: float = 0.95
+    # AI watch (twin.ai_watch): baseline of the first ai_baseline_n analysed images after the last
+    # configuration change or qc record; looks need ai_min_images per group; false WARN <= ai_alpha per look
+    ai_baseline_n: int = 200
+    ai_min_images: int = 50
+    ai_window_days: int = 7
+    ai_alpha: float = 1e-4
 
 
 @dataclass(slots=True)
@@ -152,6 +169,8 @@ class DeviceHistory:
     service_start: datetime | None = None
     exposures_since_service: int = 0
     daily_exposure_rate: float = 0.0
+    tube: TubeWear | None = None
+    ai: AiHistory | None = None
 
 
 def assess(history: DeviceHistory, now: datetime, th: Thresholds | None = None) -> Health:
@@ -163,9 +182,12 @@ def assess(history: DeviceHistory, now: datetime, th: Thresholds | None = None) 
         drift_rule(history, th),
         di_absolute_rule(history, th),
         fault_rule(history, now, th),
+        *fault_code_rules(history, now, th),
         *sig_findings,
         service_rule(history, now, th),
         silence_rule(history, now, th),
+        tube_rule(history, now, th),
+        ai_rule(history, th),
     )
     worst = max((f.status for f in findings), key=lambda s: s.rank)
     return Health(worst, findings, tuple(forecasts))
@@ -529,6 +551,25 @@ def forecast_rule(
     return Finding(rule, status, text, min(since, now)), found
 
 
+def counted_finding(rule: str, label: str, per_day: Mapping[date, Mapping[str, int]],
+                    first_seen: datetime | None, now: datetime, th: Thresholds) -> Finding:
+    """Counts per UTC day charted with the fault rule's Poisson CUSUM (:func:`poisson_cusum`): a
+    counted signal, or the faults of one code."""
+    c = poisson_cusum(per_day, first_seen, now, th)
+    recent = sum(sum(per_day.get(x, {}).values()) for x in c.days)
+    if c.levels[-1] is Status.OK:
+        text = f"{label} normal: {recent} in {len(c.days)} day(s) (baseline {c.lam0:.2f}/day)"
+        return Finding(rule, Status.OK, text)
+    since_day = _trailing_since(c.levels, [datetime.combine(x, time(), now.tzinfo) for x in c.days])
+    n = sum(sum(per_day.get(x, {}).values()) for x in c.days if x >= c.onset)
+    limit = (c.h_alert if c.levels[-1] is Status.ALERT else c.h_warn) / _GRID
+    text = (
+        f"{label} up: {n} since {c.onset.isoformat()} vs baseline {c.lam0:.2f}/day "
+        f"(Poisson CUSUM {c.s / _GRID:.1f} >= {limit:.1f}); since {_day(since_day or now)}"
+    )
+    return Finding(rule, c.levels[-1], text, since_day)
+
+
 def count_rule(sig: Signal, readings: Sequence[tuple[datetime, float]], first_seen: datetime | None,
                now: datetime, th: Thresholds) -> Finding:
     """A counted signal (e.g. high-voltage arcs since the last line) summed per UTC day and charted
@@ -538,19 +579,25 @@ def count_rule(sig: Signal, readings: Sequence[tuple[datetime, float]], first_se
         if t <= now and v > 0:
             day = per_day.setdefault(t.date(), {sig.name: 0})
             day[sig.name] += round(v)
-    c = poisson_cusum(per_day, first_seen, now, th)
-    recent = sum(sum(per_day.get(x, {}).values()) for x in c.days)
-    if c.levels[-1] is Status.OK:
-        text = f"{sig.label} normal: {recent} in {len(c.days)} day(s) (baseline {c.lam0:.2f}/day)"
-        return Finding(sig.name, Status.OK, text)
-    since_day = _trailing_since(c.levels, [datetime.combine(x, time(), now.tzinfo) for x in c.days])
-    n = sum(sum(per_day.get(x, {}).values()) for x in c.days if x >= c.onset)
-    limit = (c.h_alert if c.levels[-1] is Status.ALERT else c.h_warn) / _GRID
-    text = (
-        f"{sig.label} up: {n} since {c.onset.isoformat()} vs baseline {c.lam0:.2f}/day "
-        f"(Poisson CUSUM {c.s / _GRID:.1f} >= {limit:.1f}); since {_day(since_day or now)}"
-    )
-    return Finding(sig.name, c.levels[-1], text, since_day)
+    return counted_finding(sig.name, sig.label, per_day, first_seen, now, th)
+
+
+def fault_code_rules(h: DeviceHistory, now: datetime, th: Thresholds) -> list[Finding]:
+    """The faults of each code seen in the CUSUM window, counted per day through the same Poisson
+    CUSUM against that code's own earlier rate (rule ``fault_code:CODE``): one finding per code that
+    rises, none for the others, so a rare code that jumps is named even when a common code's noise
+    hides it in the fault rate. Each code's chart has the fault rule's in-control ARLs."""
+    if not th.fault_codes:
+        return []
+    window_start = now.date() - timedelta(days=th.fault_window_days - 1)
+    codes = sorted({c for d, day in h.faults.items() if window_start <= d <= now.date() for c in day if c})
+    out = []
+    for code in codes:
+        per_day = {d: {code: day[code]} for d, day in h.faults.items() if day.get(code)}
+        finding = counted_finding(f"fault_code:{code}", f"fault {code}", per_day, h.first_seen, now, th)
+        if finding.status is not Status.OK:
+            out.append(finding)
+    return out
 
 
 def signal_findings(h: DeviceHistory, now: datetime, th: Thresholds) -> tuple[list[Finding], list[Forecast]]:
@@ -634,3 +681,105 @@ def silence_rule(h: DeviceHistory, now: datetime, th: Thresholds) -> Finding:
             )
             return Finding("silence", status, text, last)
     return Finding("silence", Status.OK, f"last image {last.isoformat(timespec='minutes')}")
+
+
+# --- tube wear ---------------------------------------------------------------------------------------
+
+
+def _hu(value: float) -> str:
+    for scale, unit in ((1e6, "MHU"), (1e3, "kHU")):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f} {unit}"
+    return f"{value:.0f} HU"
+
+
+def tube_rule(h: DeviceHistory, now: datetime, th: Thresholds) -> Finding:
+    """Heat units since the last ``tube`` maintenance record (:mod:`twin.tube`) against the rated
+    life: WARN from ``tube_warn_fraction`` of it, ALERT from ``tube_alert_fraction``; the reason gives
+    the load and the replacement date projected at the recent rate. No verdict while the rated life
+    is unknown."""
+    t = h.tube
+    if t is None or t.total.exposures == 0:
+        return Finding("tube_life", Status.OK, "no exposures recorded for the tube")
+    start = f"since the tube record of {_day(t.since)}" if t.since else "since the device was first seen"
+    load = f"{_hu(t.heat_units)} in {t.total.exposures} exposures {start}"
+    if t.unknown_load:
+        load += f" ({t.unknown_load} without kVp or mAs, not counted)"
+    fraction, rated, rate = t.used_fraction, t.rated_life_hu, t.rate_hu_per_day
+    if fraction is None or rated is None:
+        return Finding("tube_life", Status.OK, f"tube load {load}; rated life unknown (twin.tube_rated_life)")
+    projected = t.projected_replacement(now)
+    if projected is not None and rate:
+        ahead = f"; replacement projected {_day(projected)} at {_hu(rate)}/day"
+    else:
+        ahead = "; no recent use to project a replacement date from"
+    text = f"tube at {fraction:.0%} of its rated life of {_hu(rated)}: {load}{ahead}"
+    for limit, status in ((th.tube_alert_fraction, Status.ALERT), (th.tube_warn_fraction, Status.WARN)):
+        if fraction >= limit:
+            over = t.heat_units - limit * rated
+            since = _plus_days(now, -over / rate) if rate else now
+            return Finding("tube_life", status, text, max(since, t.since) if t.since else since)
+    return Finding("tube_life", Status.OK, text)
+
+
+# --- AI watch ----------------------------------------------------------------------------------------
+
+
+def _shift_words(c: Comparison, rate: bool, scores: bool, level: float) -> str:
+    parts = []
+    if rate:
+        parts.append(f"Fisher exact p {c.p_rate:.1g} < {level:.1g}")
+    if scores and c.mean_a is not None and c.mean_b is not None:
+        parts.append(
+            f"mean score {c.mean_a:.2f} -> {c.mean_b:.2f}, Kolmogorov-Smirnov D {c.ks_d:.2f} p {c.p_scores:.1g}"
+            f" < {level:.1g}"
+        )
+    return "; ".join(parts)
+
+
+def _since_words(ref: Reference | None) -> str:
+    return f"{ref.what} ({_day(ref.at)})" if ref else "the first images"
+
+
+def ai_rule(h: DeviceHistory, th: Thresholds) -> Finding:
+    """The device's AI positive rate (Fisher's exact test) and score distribution (Kolmogorov-Smirnov)
+    against its own baseline (:mod:`twin.ai_watch`): at a configuration change, the images after it
+    against those before it; then the last ``ai_window_days`` days against the baseline. Each test at
+    ``ai_alpha`` / tests of the look (Bonferroni), one look a day: a false WARN at most ``ai_alpha``
+    per look. The reason names the configuration change the shift came with."""
+    ai = h.ai
+    if ai is None or not (ai.baseline or ai.before):
+        return Finding("ai_shift", Status.OK, "no analysed images before today")
+    need, ref = max(th.ai_min_images, 1), ai.reference
+    looks: list[tuple[str, Sequence[Outcome], Sequence[Outcome]]] = []
+    if ref is not None and ref.config_change and len(ai.before) >= need and len(ai.baseline) >= need:
+        looks.append(("change", ai.before, ai.baseline))
+    if len(ai.baseline) >= th.ai_baseline_n and len(ai.recent) >= need:
+        looks.append(("drift", ai.baseline, ai.recent))
+    if not looks:
+        return Finding(
+            "ai_shift", Status.OK,
+            f"learning the AI baseline ({len(ai.baseline)}/{th.ai_baseline_n} images since {_since_words(ref)})",
+        )
+    level = th.ai_alpha / (2 * len(looks))
+    for kind, a, b in looks:
+        c = compare(a, b)
+        rate, scores = c.shifted(level)
+        if not (rate or scores):
+            continue
+        why = _shift_words(c, rate, scores, level)
+        what = f"AI positive rate {c.rate_a:.0%} -> {c.rate_b:.0%}" if rate else "AI score distribution shifted"
+        if kind == "change":
+            assert ref is not None
+            text = f"{what} since {_since_words(ref)}: {c.n_b} images after, {c.n_a} before ({why})"
+            return Finding("ai_shift", Status.WARN, text, ref.at)
+        text = (
+            f"{what} over the last {th.ai_window_days} days: {c.n_b} images vs the baseline of {c.n_a} since "
+            f"{_since_words(ref)} ({why})"
+        )
+        return Finding("ai_shift", Status.WARN, text, b[0].at)
+    text = (
+        f"AI positive rate {c.rate_b:.0%} ({c.n_b} images) vs {c.rate_a:.0%} ({c.n_a}): within chance "
+        f"(Fisher exact and Kolmogorov-Smirnov, false WARN <= {th.ai_alpha:g} a daily look)"
+    )
+    return Finding("ai_shift", Status.OK, text)

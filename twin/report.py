@@ -13,14 +13,18 @@ from typing import Any
 
 import sqlite_utils
 
+from twin.ai_watch import ai_history, ai_view
 from twin.db import from_iso, iso, one, rows
 from twin.health import DeviceHistory, Health, Thresholds, assess, next_service_due
+from twin.tube import TubeWear, tube_wear
 
-MAINTENANCE_KINDS = ("preventive", "corrective", "calibration", "qc", "software", "other")
+MAINTENANCE_KINDS = ("preventive", "corrective", "calibration", "qc", "software", "tube", "other")
 # maintenance after which the exposure-index baseline is learned again (the device was changed)
 REBASELINE_KINDS = ("preventive", "corrective", "calibration")
 # maintenance that restarts the service interval
 SERVICE_KINDS = ("preventive",)
+# maintenance that restarts the tube's load (a new tube, or a re-used one with its own count)
+TUBE_KINDS = ("tube",)
 
 
 def _in(kinds: tuple[str, ...]) -> str:
@@ -114,6 +118,8 @@ def history(db: sqlite_utils.Database, device_id: int, now: datetime, th: Thresh
     first_seen = from_iso(dev.get("first_seen"))
     span_days = min(30.0, max(1.0, (now - first_seen).total_seconds() / 86400)) if first_seen else 30.0
     return DeviceHistory(
+        tube=tube(db, device_id, now, th, first_seen),
+        ai=ai_history(db, device_id, now, th.ai_baseline_n, th.ai_window_days),
         first_seen=first_seen,
         last_acquisition=last_at,
         deviation_indices=[(from_iso(r["at"]), r["deviation_index"]) for r in di],  # type: ignore[misc]
@@ -124,6 +130,21 @@ def history(db: sqlite_utils.Database, device_id: int, now: datetime, th: Thresh
         service_start=service_start,
         exposures_since_service=int(used["n"]) if used else 0,
         daily_exposure_rate=(recent["n"] if recent else 0) / span_days,
+    )
+
+
+def tube(
+    db: sqlite_utils.Database, device_id: int, now: datetime, th: Thresholds, first_seen: datetime | None
+) -> TubeWear:
+    """The tube's load since the last ``tube`` maintenance record (or since first seen)."""
+    row = one(
+        db,
+        f"SELECT max(at) AS at FROM twin_maintenance WHERE device_id = ? AND at <= ? AND kind IN {_in(TUBE_KINDS)}",
+        [device_id, iso(now)],
+    )
+    return tube_wear(
+        db, device_id, now, since=from_iso(row["at"] if row else None), first_seen=first_seen,
+        factor=th.tube_heat_unit_factor, rate_days=th.tube_rate_days, rated_life_hu=th.tube_rated_life,
     )
 
 
@@ -330,5 +351,7 @@ def record(db: sqlite_utils.Database, dev: dict[str, Any], now: datetime, th: Th
         next_maintenance_due=_opt_iso(due[0]) if due else None,
         health=health.as_dict(),
         forecasts=[f.as_dict() for f in health.forecasts],
+        tube=hist.tube.as_dict(now) if hist.tube else None,
+        ai=ai_view(db, device_id, hist.ai, now) if hist.ai else None,
     )
     return base

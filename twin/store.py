@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import sqlite3
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta
@@ -21,7 +22,7 @@ from typing import Any, BinaryIO
 import sqlite_utils
 from pydicom.dataset import Dataset
 
-from twin import registry, report, sidecar
+from twin import ai_watch, registry, report, sidecar
 from twin.clock import DEFAULT_MAX_SKEW_S, TimeBound
 from twin.db import COUNTERS, Connect, aware, bump, ensure_schema, insert, iso, one, rows, utcnow, writing
 from twin.headers import DeviceIdentity, InstanceHeaders, read_headers
@@ -39,6 +40,7 @@ DEVICE_TABLES = (
     "twin_daily",
     "twin_health",
     "twin_health_log",
+    "twin_ai_outcomes",
 )
 
 
@@ -140,7 +142,69 @@ class TwinStore:
             di_sumsq=(di or 0.0) ** 2,
             dap_sum=u.dap or 0.0,
             mas_sum=u.mas or 0.0,
+            load_n=int(u.kvp is not None and u.mas is not None),
+            kvp_mas_sum=(u.kvp or 0.0) * (u.mas or 0.0),
         )
+
+    # --- the AI's outcomes ---------------------------------------------------------------------------
+
+    def record_ai_outcome(
+        self,
+        sop_instance_uid: str,
+        *,
+        score: float | None,
+        findings: int,
+        skipped: bool,
+        at: datetime | None = None,
+    ) -> None:
+        """Record what the detector made of one instance, for the AI watch (:mod:`twin.ai_watch`).
+
+        ``score`` is the image-level score (opacity probability: the best box's score), ``findings``
+        the number of findings at the node's operating threshold (positive: at least one),
+        ``skipped`` whether it was not analysed; ``at`` is when (default now). The outcome is placed
+        on the instance's acquisition time, recorded by :meth:`record_instance` first, so it lines up
+        with the configuration history; an instance the twin has not recorded is ignored, with one
+        log line (the twin never holds back an image). Idempotent on the SOP Instance UID. A score
+        outside 0-1 or not finite, or a negative count, is a ValueError naming the argument.
+        """
+        if score is not None and (not math.isfinite(score) or not 0.0 <= score <= 1.0):
+            raise ValueError(f"score: a number from 0 to 1, or None (got {score!r})")
+        if isinstance(findings, bool) or not isinstance(findings, int) or findings < 0:
+            raise ValueError(f"findings: a count of 0 or more (got {findings!r})")
+        positive = findings > 0 and not skipped
+        db = self._connect()
+        with writing(db):
+            acq = one(db, "SELECT device_id, at FROM twin_acquisitions WHERE sop_instance_uid = ?",
+                      [sop_instance_uid])
+            if acq is None:
+                log.info("twin: AI outcome of an instance the twin has not recorded",
+                         extra={"sop_instance_uid": sop_instance_uid})
+                return
+            if one(db, "SELECT 1 AS x FROM twin_ai_outcomes WHERE sop_instance_uid = ?", [sop_instance_uid]):
+                return
+            db.table("twin_ai_outcomes").insert(
+                {
+                    "sop_instance_uid": sop_instance_uid,
+                    "device_id": acq["device_id"],
+                    "at": acq["at"],
+                    "score": None if skipped else score,
+                    "findings": findings,
+                    "positive": int(positive),
+                    "skipped": int(skipped),
+                    "recorded_at": iso(at or utcnow()),
+                }
+            )
+            scored = score is not None and not skipped
+            bump(
+                db,
+                acq["device_id"],
+                acq["at"][:10],
+                ai_analysed=int(not skipped),
+                ai_positive=int(positive),
+                ai_skipped=int(skipped),
+                ai_score_n=int(scored),
+                ai_score_sum=score if scored and score is not None else 0.0,
+            )
 
     # --- sidecar -------------------------------------------------------------------------------------
 
@@ -397,7 +461,8 @@ class TwinStore:
 
     def add_maintenance(self, device_id: int, kind: str, note: str, at: datetime | None = None) -> int:
         """Record a maintenance action; ``preventive``, ``corrective`` and ``calibration`` restart the
-        exposure-index baseline, ``preventive`` the service interval. Returns the record id."""
+        exposure-index baseline, ``preventive`` the service interval, ``tube`` the tube's load and
+        ``qc`` the AI baseline. Returns the record id."""
         if kind not in MAINTENANCE_KINDS:
             raise ValueError(f"kind: one of {', '.join(MAINTENANCE_KINDS)} (got {kind!r})")
         db = self._connect()
@@ -451,7 +516,8 @@ class TwinStore:
             if src is None or dst is None:
                 raise KeyError(f"no device {source if src is None else target}")
             moved = {t: _count(db, t, source) for t in DEVICE_TABLES}
-            for t in ("twin_acquisitions", "twin_config", "twin_events", "twin_maintenance", "twin_health_log"):
+            for t in ("twin_acquisitions", "twin_config", "twin_events", "twin_maintenance", "twin_health_log",
+                      "twin_ai_outcomes"):
                 db.execute(f"UPDATE {t} SET device_id = ? WHERE device_id = ?", [target, source])
             sums = ", ".join(f"{c} = {c} + excluded.{c}" for c in COUNTERS)
             db.execute(
@@ -560,16 +626,18 @@ class TwinStore:
                 log.info("twin: device %s health %s", device_id, health.status.value)
 
     def apply_retention(self, days: int, now: datetime | None = None) -> dict[str, int]:
-        """Delete raw acquisitions and telemetry older than ``days`` (daily rollups, faults,
-        maintenance and configuration history are kept, and so are the acquisitions that form each
-        device's exposure-index baseline)."""
+        """Delete raw acquisitions, AI outcomes and telemetry older than ``days`` (daily rollups,
+        faults, maintenance and configuration history are kept, and so are the acquisitions that form
+        each device's exposure-index baseline and the AI outcomes of its baseline and just before)."""
         now = aware(now) if now else utcnow()
         cutoff = iso(now - timedelta(days=days))
         db = self._connect()
-        deleted = {"acquisitions": 0, "telemetry": 0, "quarantine": 0}
+        deleted = {"acquisitions": 0, "telemetry": 0, "quarantine": 0, "ai_outcomes": 0}
         for dev in rows(db, "SELECT id FROM twin_devices"):
             after = report.rebaseline_point(db, dev["id"], now) or ""
             keep = report.baseline_instances_sql(self.thresholds.baseline_n)
+            ref = ai_watch.reference_point(db, dev["id"], ai_watch.config_changes(db, dev["id"], now), now)
+            keep_ai = ai_watch.kept_outcomes_sql(self.thresholds.ai_baseline_n)
             with writing(db):
                 cur = db.execute(
                     f"DELETE FROM twin_acquisitions WHERE device_id = :device AND at < :cutoff "
@@ -577,6 +645,12 @@ class TwinStore:
                     {"device": dev["id"], "cutoff": cutoff, "after": after},
                 )
                 deleted["acquisitions"] += cur.rowcount
+                cur = db.execute(
+                    f"DELETE FROM twin_ai_outcomes WHERE device_id = :device AND at < :cutoff "
+                    f"AND sop_instance_uid NOT IN ({keep_ai})",
+                    {"device": dev["id"], "cutoff": cutoff, "after": iso(ref.at) if ref else ""},
+                )
+                deleted["ai_outcomes"] += cur.rowcount
         with writing(db):
             deleted["telemetry"] = db.execute(
                 "DELETE FROM twin_events WHERE kind = 'telemetry' AND at < ?", [cutoff]

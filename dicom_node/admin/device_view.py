@@ -12,7 +12,7 @@ from typing import Any
 
 from markupsafe import Markup
 
-from dicom_node.admin import charts
+from dicom_node.admin import charts, signal_charts
 from twin import report
 from twin.db import from_iso, utcnow
 from twin.health import ewma_chart
@@ -77,9 +77,53 @@ def device_page(twin: Any, db: Any, device_id: int, now: datetime | None = None)
                                                  marks, axis, di_limit=twin.thresholds.di_limit),
         "exposures_chart": charts.exposures_chart(usage, marks, axis),
         "events_chart": charts.event_timeline(lanes, axis),
+        "signal_charts": signal_section(db, device_id, record, now, twin.thresholds),
+        "tube_chart": tube_section(record, twin.thresholds),
+        "ai_chart": ai_section(record, marks, axis),
         "window_days": int(WINDOW_DAYS),
         "points": len(points),
     }
+
+
+def signal_section(db: Any, device_id: int, record: dict[str, Any], now: datetime,
+                   thresholds: Any) -> list[dict[str, Any]]:
+    """Per declared signal with readings (counted ones aside): its chart, its forecast rule's words and
+    its range rule's status; the readings come from ``twin.report.signal_readings``, the forecasts from
+    the record, so the chart draws what the rules judged."""
+    readings = report.signal_readings(db, device_id, now, thresholds)
+    findings = {f["rule"]: f for f in record["health"].get("findings", [])}
+    out = []
+    for sig in thresholds.signals:
+        pts = readings.get(sig.name)
+        if sig.counted or not pts:
+            continue
+        mine = [f for f in record.get("forecasts", []) if f["signal"] == sig.name]
+        out.append({
+            "name": sig.name,
+            "label": sig.label,
+            "chart": signal_charts.signal_chart(sig.name, sig.unit, sig.warn, sig.alert, pts, mine, now,
+                                                window_days=thresholds.forecast_window_days),
+            "range": findings.get(sig.name),
+            "forecast": findings.get(f"{sig.name}_forecast"),
+        })
+    return out
+
+
+def tube_section(record: dict[str, Any], thresholds: Any) -> Markup | None:
+    """The tube's used-life bar, when the twin keeps its load (``record["tube"]``)."""
+    tube = record.get("tube")
+    if not tube or not tube.get("exposures"):
+        return None
+    return signal_charts.tube_chart(tube, thresholds.tube_warn_fraction, thresholds.tube_alert_fraction)
+
+
+def ai_section(record: dict[str, Any], marks: list[charts.Marker], axis: charts.TimeAxis) -> Markup | None:
+    """The AI's positive rate per day on the page's time axis, with the configuration changes marked."""
+    ai = record.get("ai")
+    if not ai or not ai.get("daily"):
+        return None
+    changes = [m for m in marks if m.kind == "config"]
+    return signal_charts.ai_rate_chart(ai["daily"], ai["baseline"].get("positive_rate"), changes, axis)
 
 
 def health_chart_note(record: dict[str, Any]) -> Markup:

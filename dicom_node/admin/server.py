@@ -76,27 +76,33 @@ class AdminServer:
         cfg = self.node.cfg.admin
         logging.getLogger("uvicorn").setLevel(logging.WARNING)  # its INFO lines say nothing the node does not
         sock = _bind(cfg.host, cfg.port)
-        self._socket = sock
         config = uvicorn.Config(self.app, log_config=None, access_log=False, lifespan="off",
                                 timeout_graceful_shutdown=5, server_header=False, http=self.protocol, ws="none",
                                 backlog=listen_backlog(cfg.max_connections),
                                 timeout_keep_alive=cfg.keepalive_timeout_s,
                                 headers=[(k, v) for k, v in SECURITY_HEADERS])
+        address = self._launch(config, sock, "admin", f"{cfg.host}:{cfg.port}")
+        log.info("admin console serving", extra={
+            "url": self.url, "token": bool(cfg.token), "max_connections": cfg.max_connections,
+            "nofile": self.budget.soft, "fd_budget": f"http {self.budget.http} + dicom {self.budget.dicom}"
+                                                     f" of {self.budget.ceiling}"})
+        return address
+
+    def _launch(self, config: uvicorn.Config, sock: socket.socket, what: str, where: str) -> tuple[str, int]:
+        """Serve ``config`` on the bound ``sock`` from a thread; return once it listens (the DICOMweb
+        listener, dicom_node.dicomweb.server, starts the same way)."""
+        self._socket = sock
         self._server = _ThreadServer(config)
-        self._thread = threading.Thread(target=self._run, args=(sock,), name="admin-http", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(sock,), name=f"{what}-http", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + START_TIMEOUT_S
         while not self._server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 self.stop()
-                raise OSError(f"admin server on {cfg.host}:{cfg.port} did not start")
+                raise OSError(f"{what} server on {where} did not start")
             time.sleep(0.02)
         host, port = sock.getsockname()[:2]
         self.address = (str(host), int(port))
-        log.info("admin console serving", extra={
-            "url": self.url, "token": bool(cfg.token), "max_connections": cfg.max_connections,
-            "nofile": self.budget.soft, "fd_budget": f"http {self.budget.http} + dicom {self.budget.dicom}"
-                                                     f" of {self.budget.ceiling}"})
         return self.address
 
     def _run(self, sock: socket.socket) -> None:
@@ -104,7 +110,7 @@ class AdminServer:
         try:
             self._server.run(sockets=[sock])
         except Exception:
-            log.exception("admin server stopped with an error")
+            log.exception("HTTP server stopped with an error", extra={"thread": threading.current_thread().name})
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Finish in-flight requests and stop; safe to call twice or before ``start()``."""
@@ -117,8 +123,8 @@ class AdminServer:
         self._server = self._thread = self._socket = None
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host:port`` (IPv4 or IPv6)."""
+def _bind(host: str, port: int, what: str = "admin") -> socket.socket:
+    """A listening TCP socket on ``host:port`` (IPv4 or IPv6); an OSError names ``what`` listens there."""
     try:
         info: Any = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
         family, kind, proto, _, addr = info
@@ -131,5 +137,5 @@ def _bind(host: str, port: int) -> socket.socket:
             sock.close()
             raise
     except OSError as exc:
-        raise OSError(exc.errno, f"admin {host}:{port}: {exc.strerror or exc}") from None
+        raise OSError(exc.errno, f"{what} {host}:{port}: {exc.strerror or exc}") from None
     return sock

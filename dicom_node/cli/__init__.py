@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -161,7 +162,7 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     if data.get("destinations"):
         dt = Table("destination", "address", "last echo", "last delivery")
         for d in data["destinations"]:
-            dt.add_row(d["name"], d["address"], _when(d["last_echo_at"], d["last_echo_ok"]),
+            dt.add_row(escape(d["name"]), escape(d["address"]), _when(d["last_echo_at"], d["last_echo_ok"]),
                        _when(d["last_delivery_at"], d["last_delivery_ok"]))
         console.print(dt)
 
@@ -237,7 +238,9 @@ def deliveries(
         table.add_row(r["destination"], r["state"], str(r["n"]))
     console.print(table)
     for p in parked:
-        console.print(f"[red]parked[/] {p['result_uid']} → {p['destination']} after {p['attempts']}: {p['error']}")
+        # the error may quote the peer ("TLS failed: [SSL: …]"): printed as text, not as markup
+        console.print(f"[red]parked[/] {p['result_uid']} → {escape(p['destination'])} after {p['attempts']}:"
+                      f" {escape(str(p['error']))}", highlight=False)
     if retry:
         console.print(f"{requeued} parked deliveries queued again")
 

@@ -6,15 +6,17 @@ while the node serves. ``register(app)`` adds them to the root ``dicom-node`` co
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import sqlite_utils
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from dicom_node.cli.common import ConfigOpt, JsonOpt, fail, get_config, print_json
+from twin import whatif
 from twin.db import thread_local_connect
 from twin.store import MAINTENANCE_KINDS, TwinStore
 
@@ -81,15 +83,32 @@ def device(
         ),
     ] = None,
     yes: Annotated[bool, typer.Option("--yes", help="confirm --remove or --merge-into")] = False,
+    what_if: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--what-if", metavar="NAME=VALUE",
+            help="re-run the health rules over the stored history with this threshold changed (repeatable; "
+            "e.g. forecast_warn_days=21 or signals.NAME.warn=LO,HI); changes nothing",
+        ),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option("--since", metavar="DATE", help="first day of the --what-if replay (default: 90 days back)"),
+    ] = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Show one device's whole twin: identity, configuration history, usage, faults, maintenance, health.
     With --remove or --merge-into, an admin deletes a device (one made by a bad log line) or merges a
-    device recorded twice."""
+    device recorded twice; with --what-if, the health rules are replayed day by day with changed thresholds."""
     store = _store(config)
     if remove or merge_into is not None:
+        if what_if:
+            raise fail("--what-if: not with --remove or --merge-into", 2)
         _remove_or_merge(store, ref, merge_into, yes, as_json, remove)
+        return
+    if what_if or since is not None:
+        _what_if(store, thread_local_connect(get_config(config).db_path)(), ref, what_if or [], since, as_json)
         return
     rec = store.device(_device_id(store, ref))
     if as_json:
@@ -108,6 +127,8 @@ def device(
         f"maintenance due {rec['next_maintenance_due'] or 'unknown'}",
         markup=False,
     )
+    for line in _tube_and_ai_lines(rec):
+        con.print(line, markup=False, highlight=False)
     findings = Table(title="health")
     for col in ("rule", "status", "reason"):
         findings.add_column(col)
@@ -143,6 +164,31 @@ def device(
     con.print(maint)
 
 
+def _tube_and_ai_lines(rec: dict[str, Any]) -> list[str]:
+    """One line for the tube's load and one for the AI watch, for the plain ``device ID``."""
+    lines = []
+    if tube := rec.get("tube"):
+        used = "" if tube["used_fraction"] is None else f", {tube['used_fraction']:.0%} of its rated life"
+        lines.append(
+            f"tube: {tube['heat_units']:.0f} HU, {tube['mas']:.0f} mAs in {tube['exposures']} exposures since "
+            f"{(tube['since'] or 'first seen')[:10]} ({tube['exposures_without_load']} without kVp or mAs){used}; "
+            f"replacement projected {tube['projected_replacement'] or 'unknown'} ({tube['formula']})"
+        )
+    if ai := rec.get("ai"):
+        base, recent = ai["baseline"], ai["recent"]
+
+        def pct(rate: float | None) -> str:
+            return "-" if rate is None else f"{rate:.0%}"
+
+        lines.append(
+            f"AI: baseline positive rate {pct(base['positive_rate'])} of {base['n']} images since "
+            f"{(base['since'] or '-')[:10]}{' (' + base['config_change'] + ')' if base['config_change'] else ''}; "
+            f"recent {pct(recent['positive_rate'])} of {recent['n']}; "
+            f"{sum(d['analysed'] for d in ai['daily'])} analysed, {sum(d['skipped'] for d in ai['daily'])} skipped"
+        )
+    return lines
+
+
 def _remove_or_merge(
     store: TwinStore, ref: str, merge_into: str | None, yes: bool, as_json: bool, remove: bool
 ) -> None:
@@ -170,6 +216,49 @@ def _remove_or_merge(
         print_json(result)
     else:
         typer.echo(line)
+
+
+def _what_if(
+    store: TwinStore, db: sqlite_utils.Database, ref: str, items: list[str], since: str | None, as_json: bool
+) -> None:
+    """``device ID --what-if NAME=VALUE``: the replay of twin.whatif, read-only (docs/twin.md, What-if)."""
+    if not items:
+        raise fail("--since: only with --what-if NAME=VALUE", 2)
+    try:
+        overrides = whatif.parse_overrides(items)
+        whatif.apply_overrides(store.thresholds, overrides)  # a bad name fails before anything is read
+    except whatif.WhatIfError as exc:
+        raise fail(str(exc), 2) from None
+    device_id = _device_id(store, ref)
+    end = datetime.now(UTC)
+    try:
+        start = date.fromisoformat(since) if since else (end - timedelta(days=90)).date()
+    except ValueError:
+        raise fail(f"--since: a date such as 2025-03-01 (got {since!r})", 2) from None
+    if start > end.date():
+        raise fail(f"--since: {start} is after today", 2)
+    result = whatif.what_if(db, device_id, store.thresholds, overrides, start, end)
+    if as_json:
+        print_json(result)
+        return
+    con = Console()
+    changes = ", ".join(f"{k}={v}" for k, v in overrides.items())
+    con.print(f"device {device_id}: what if {changes}, replayed {result['from']} to {result['to']} "
+              f"({result['days']} days); nothing was changed", markup=False, highlight=False, soft_wrap=True)
+    table = Table(title="rules not OK on some day")
+    for col in ("rule", "now", "from", "what if", "from ", "change"):
+        table.add_column(col)
+    for r in result["rules"]:
+        cur, new = r["current"], r["what_if"]
+        table.add_row(r["rule"], _status(cur["worst"]) if cur else "OK", cur["first"] if cur else "",
+                      _status(new["worst"]) if new else "OK", new["first"] if new else "", r["change"])
+    con.print(table)
+    for r in result["rules"]:
+        if r["what_if"] and r["change"] != "same":
+            con.print(f"{r['what_if']['first']} {r['rule']}: {r['what_if']['first_reason']}", markup=False,
+                      highlight=False, soft_wrap=True)
+    if not result["rules"]:
+        con.print("every rule stays OK on every day, under both", markup=False)
 
 
 def maintenance_add(

@@ -207,6 +207,6 @@ def test_rules_are_safe_on_any_history(first_seen: datetime | None) -> None:
     for th in (Thresholds(), Thresholds(baseline_n=0, temp_consecutive=0, drift_persist=0, di_window=1)):
         for h in histories:
             health = assess(h, NOW, th)
-            # six rules, plus each signal's range (or count) and forecast rule where it has readings
-            assert health.status in set(Status) and len(health.findings) == (6 + 2 if h.signals == {} else 6 + 5)
+            # eight rules, plus each signal's range (or count) and forecast rule where it has readings
+            assert health.status in set(Status) and len(health.findings) == (8 + 2 if h.signals == {} else 8 + 5)
             assert health.as_dict()["status"] == health.status.value

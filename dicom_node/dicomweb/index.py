@@ -1,0 +1,99 @@
+"""What QIDO-RS and WADO-RS find: every stored instance and result, by study, series and instance.
+
+The ``dicomweb_index`` table (dicom_node.store) holds each object's UIDs, transfer syntax, file and
+the attributes a query matches on (PS3.18 Table 10.6.1-5) plus the ones a search answer returns
+(Table 10.6.3-3 to -5). A row is written the first time a query finds an object without one, from the
+file's header (:func:`dicom_node.ingest.read_header`, bulk data left on disk): the C-STORE and
+STOW-RS paths and the result builders stay as they are, and the files remain the truth.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from dicom_node.ingest import read_header
+from dicom_node.store import Store
+
+log = logging.getLogger("dicom_node.dicomweb.index")
+
+#: Attributes kept per level (as strings, PS3.5 encoded values): what a query matches and returns.
+STUDY_ATTRIBUTES = ("StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName", "PatientName",
+                    "PatientID", "PatientBirthDate", "PatientSex", "StudyID", "StudyDescription")
+SERIES_ATTRIBUTES = ("Modality", "SeriesNumber", "SeriesDescription", "BodyPartExamined")
+INSTANCE_ATTRIBUTES = ("InstanceNumber", "Rows", "Columns", "NumberOfFrames", "BitsAllocated")
+INDEXED = STUDY_ATTRIBUTES + SERIES_ATTRIBUTES + INSTANCE_ATTRIBUTES
+
+_refreshing = threading.Lock()
+
+
+def refresh(store: Store) -> int:
+    """Index every stored instance and result that has no row yet; returns how many were added."""
+    added = 0
+    with _refreshing:  # one thread reads the new headers; the others then find them indexed
+        while batch := store.unindexed():
+            rows = [row for item in batch if (row := _row(item)) is not None]
+            if not rows:
+                break
+            store.put_index(rows)
+            added += len(rows)
+            if len(rows) < len(batch):
+                break  # the unreadable ones would come back in the next batch
+    return added
+
+
+def _row(item: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        ds = read_header(item["path"])
+    except Exception as exc:  # gone from the outbox, unreadable: not searchable, said once per query
+        log.warning("object not indexed for DICOMweb", extra={"sop_instance_uid": item["sop_instance_uid"],
+                                                              "reason": type(exc).__name__})
+        return None
+    return {
+        "sop_instance_uid": item["sop_instance_uid"],
+        "study_instance_uid": str(ds.get("StudyInstanceUID", "")),
+        "series_instance_uid": str(ds.get("SeriesInstanceUID", "")),
+        "sop_class_uid": str(ds.get("SOPClassUID", "")),
+        "transfer_syntax_uid": str(ds.file_meta.get("TransferSyntaxUID", "")),
+        "path": str(item["path"]),
+        "origin": item["origin"],
+        "attributes": json.dumps(attributes(ds)),
+    }
+
+
+def attributes(ds: Dataset) -> dict[str, str]:
+    """The indexed attributes of ``ds`` that are present, as strings (multi-valued ones joined by ``\\``)."""
+    out: dict[str, str] = {}
+    for keyword in INDEXED:
+        elem = ds.get(keyword)
+        if elem is None or elem == "":
+            continue
+        out[keyword] = "\\".join(str(v) for v in elem) if _multi(elem) else str(elem)
+    return out
+
+
+def _multi(value: object) -> bool:
+    return isinstance(value, list | tuple) or type(value).__name__ == "MultiValue"
+
+
+def objects(store: Store, *, study: str | None = None, series: str | None = None,
+            instance: str | None = None) -> list[dict[str, Any]]:
+    """Index rows (``attributes`` decoded), oldest first, narrowed by the UIDs given."""
+    refresh(store)
+    where, args = [], []
+    for column, value in (("study_instance_uid", study), ("series_instance_uid", series),
+                          ("sop_instance_uid", instance)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+    sql = "SELECT * FROM dicomweb_index" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY rowid"
+    rows = []
+    for r in store.conn().execute(sql, args):
+        row = dict(r)
+        row["attributes"] = json.loads(row["attributes"])
+        rows.append(row)
+    return rows
