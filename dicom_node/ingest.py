@@ -249,15 +249,17 @@ class Ingest:
         self.max_attempts = max_attempts
 
     def receive(self, path: Path, *, sop_class: str, sop_instance: str, transfer_syntax: str,
-                calling_ae: str | None, peer_host: str | None) -> Outcome:
+                calling_ae: str | None, peer_host: str | None, study_uid: str | None = None) -> Outcome:
         """Check, store durably and queue one received instance; return the status to send (never raises).
 
         ``path`` is the instance as received (:mod:`dicom_node.arriving`), in the spool's ``tmp/``;
         the identifiers are the request's (Affected SOP Class and Instance UID) and the accepted
-        presentation context's transfer syntax. The file is linked into the spool or removed.
+        presentation context's transfer syntax. ``study_uid``, when given, is the study the instance
+        must belong to (a STOW-RS request to ``/studies/{study}``, PS3.18 §10.5): another one is refused
+        as 0xA900. The file is linked into the spool or removed.
         """
         try:
-            return self._receive(path, sop_class, sop_instance, transfer_syntax, calling_ae, peer_host)
+            return self._receive(path, sop_class, sop_instance, transfer_syntax, calling_ae, peer_host, study_uid)
         except RejectInstance as rej:
             log.warning("C-STORE refused", extra={"sop_instance_uid": sop_instance, "status": f"0x{rej.status:04X}",
                                                   "reason": rej.reason, "calling_ae": calling_ae})
@@ -270,7 +272,7 @@ class Ingest:
             self.spool.discard(path)  # gone already when it was linked into place
 
     def _receive(self, path: Path, sop_class: str, sop_inst: str, ts: str, calling_ae: str | None,
-                 peer_host: str | None) -> Outcome:
+                 peer_host: str | None, study_uid: str | None) -> Outcome:
         size = path.stat().st_size
         if size > self.max_instance_bytes:
             raise RejectInstance(OUT_OF_RESOURCES, f"instance of {size} bytes exceeds storage.max_instance_mb")
@@ -288,6 +290,8 @@ class Ingest:
         ds = read_received(path, ts, max_inflated_bytes=self.max_instance_bytes)
         check_dataset(ds, sop_class, sop_inst, ts)
         study, series = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
+        if study_uid is not None and study != study_uid:
+            raise RejectInstance(DOES_NOT_MATCH_SOP_CLASS, "StudyInstanceUID differs from the study of the request")
         final = self.spool.path_for(study, sop_inst)
         self.spool.sync(path)
         inode = path.stat().st_ino

@@ -6,6 +6,7 @@ and stops it by PID. Used by ``tests/`` and ``scripts/``.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any, TypeVar
 
 import yaml
@@ -245,6 +247,18 @@ def synthetic_cr(rows: int, columns: int, pixels: bytes, **attrs: Any) -> Any:
     for keyword, value in attrs.items():
         setattr(ds, keyword, value)
     return ds
+
+
+def load_script(name: str) -> ModuleType:
+    """Import ``scripts/<name>.py``: the simulator, the fuzzer and the benchmarks are scripts a person
+    runs, not a package, and the tests use their code as it is."""
+    path = REPO / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_script_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
 
 
 def storescu(port: int, files: list[Path] | list[str], *, aet: str = "MODALITY1", aec: str = "DICOM_NODE",

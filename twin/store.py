@@ -164,7 +164,8 @@ class TwinStore:
         ``skipped`` whether it was not analysed; ``at`` is when (default now). The outcome is placed
         on the instance's acquisition time, recorded by :meth:`record_instance` first, so it lines up
         with the configuration history; an instance the twin has not recorded is ignored, with one
-        log line (the twin never holds back an image). Idempotent on the SOP Instance UID. A score
+        log line (the twin never holds back an image). One outcome per SOP Instance UID: a second call
+        changes nothing (a step redone after a crash), except that an analysis replaces a skip. A score
         outside 0-1 or not finite, or a negative count, is a ValueError naming the argument.
         """
         if score is not None and (not math.isfinite(score) or not 0.0 <= score <= 1.0):
@@ -180,31 +181,24 @@ class TwinStore:
                 log.info("twin: AI outcome of an instance the twin has not recorded",
                          extra={"sop_instance_uid": sop_instance_uid})
                 return
-            if one(db, "SELECT 1 AS x FROM twin_ai_outcomes WHERE sop_instance_uid = ?", [sop_instance_uid]):
-                return
-            db.table("twin_ai_outcomes").insert(
-                {
-                    "sop_instance_uid": sop_instance_uid,
-                    "device_id": acq["device_id"],
-                    "at": acq["at"],
-                    "score": None if skipped else score,
-                    "findings": findings,
-                    "positive": int(positive),
-                    "skipped": int(skipped),
-                    "recorded_at": iso(at or utcnow()),
-                }
-            )
-            scored = score is not None and not skipped
-            bump(
-                db,
-                acq["device_id"],
-                acq["at"][:10],
-                ai_analysed=int(not skipped),
-                ai_positive=int(positive),
-                ai_skipped=int(skipped),
-                ai_score_n=int(scored),
-                ai_score_sum=score if scored and score is not None else 0.0,
-            )
+            row = {
+                "sop_instance_uid": sop_instance_uid,
+                "device_id": acq["device_id"],
+                "at": acq["at"],
+                "score": None if skipped else score,
+                "findings": findings,
+                "positive": int(positive),
+                "skipped": int(skipped),
+            }
+            old = one(db, "SELECT * FROM twin_ai_outcomes WHERE sop_instance_uid = ?", [sop_instance_uid])
+            if old is not None:
+                if not (old["skipped"] and not skipped):
+                    return  # a step redone after a crash: the first outcome stays
+                # an image skipped before and analysed now (routing changed, or its planned outcome
+                # handed over by the simulator): the analysis replaces the skip, in the counts too
+                bump(db, old["device_id"], old["at"][:10], **{k: -v for k, v in _ai_counts(old).items()})
+            db.table("twin_ai_outcomes").insert({**row, "recorded_at": iso(at or utcnow())}, replace=True)
+            bump(db, acq["device_id"], acq["at"][:10], **_ai_counts(row))
 
     # --- sidecar -------------------------------------------------------------------------------------
 
@@ -665,6 +659,14 @@ class TwinStore:
 
 #: Header times further from the receipt than this are not trusted for the twin's timelines:
 #: de-identified data sets shift dates (the RSNA sample says 1901), and clocks drift.
+def _ai_counts(row: dict[str, Any]) -> dict[str, float]:
+    """What one AI outcome row adds to ``twin_daily``."""
+    scored = row["score"] is not None and not row["skipped"]
+    return {"ai_analysed": int(not row["skipped"]), "ai_positive": int(row["positive"]),
+            "ai_skipped": int(row["skipped"]), "ai_score_n": int(scored),
+            "ai_score_sum": float(row["score"]) if scored else 0.0}
+
+
 PLAUSIBLE_AGE = timedelta(days=365)
 
 

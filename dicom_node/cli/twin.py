@@ -128,7 +128,7 @@ def device(
         markup=False,
     )
     for line in _tube_and_ai_lines(rec):
-        con.print(line, markup=False, highlight=False)
+        con.print(line, markup=False, highlight=False, soft_wrap=True)  # one line each, for grep
     findings = Table(title="health")
     for col in ("rule", "status", "reason"):
         findings.add_column(col)

@@ -62,7 +62,11 @@ def create_app(node: WebNode) -> FastAPI:
     max_body = cfg.max_request_mb * 2**20
 
     @app.exception_handler(Refusal)
-    async def _refused(_request: Request, exc: Refusal) -> Response:
+    async def _refused(request: Request, exc: Refusal) -> Response:
+        # the one line an admin reads for a refused request (reasons name UIDs and limits, no patient data)
+        log.warning("DICOMweb request refused", extra={
+            "method": request.method, "path": request.url.path[:200], "http_status": exc.status,
+            "reason": exc.reason, "peer_host": request.client.host if request.client else None})
         return refusal(exc.status, exc.reason, exc.headers)
 
     def base(request: Request) -> str:

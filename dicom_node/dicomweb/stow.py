@@ -8,7 +8,8 @@ transfer syntax. The same negotiation rules apply (the chest storage classes of
 link into place, instance row and analysis job committed, before the part is reported stored.
 
 Failure Reasons (PS3.18 Table I.2-2) are the C-STORE statuses: 0xA700 out of resources, 0xA900
-data set does not match (its SOP class, the File Meta, or the study of the request's path), 0xC210
+data set does not match (its SOP class, the File Meta, or the study of the request's path, checked by
+the ingest on the data set it reads anyway), 0xC210
 cannot understand (not a PS3.10 file, or not parseable), 0x0122 SOP class not supported, 0xC122
 transfer syntax not supported.
 """
@@ -16,14 +17,13 @@ transfer syntax not supported.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 
 from dicom_node.dicomweb.multipart import DICOM, Part
 from dicom_node.dicomweb.response import PartResult
-from dicom_node.ingest import CANNOT_UNDERSTAND, DOES_NOT_MATCH_SOP_CLASS, Ingest, read_header
+from dicom_node.ingest import CANNOT_UNDERSTAND, Ingest
 from dicom_node.scp import CHEST_STORAGE_CLASSES, SOP_CLASS_NOT_SUPPORTED, transfer_syntaxes
 from dicom_node.spool import is_valid_uid
 
@@ -64,11 +64,9 @@ class StowIn:
             if ts not in self.syntaxes:
                 return _failed(sop_class, sop_inst, TRANSFER_SYNTAX_NOT_SUPPORTED,
                                "transfer syntax is not one this node decodes")
-            if study_uid is not None and _study_of(part.path) not in (None, study_uid):
-                return _failed(sop_class, sop_inst, DOES_NOT_MATCH_SOP_CLASS,
-                               "StudyInstanceUID differs from the study of the request path")
             outcome = self.ingest.receive(part.path, sop_class=sop_class, sop_instance=sop_inst,
-                                          transfer_syntax=ts, calling_ae=None, peer_host=peer_host)
+                                          transfer_syntax=ts, calling_ae=None, peer_host=peer_host,
+                                          study_uid=study_uid)
             return PartResult(sop_class, sop_inst, outcome.status, outcome.reason)
         finally:
             part.path.unlink(missing_ok=True)  # gone already when it was linked into place
@@ -79,11 +77,3 @@ def _failed(sop_class: str, sop_inst: str, status: int, reason: str) -> PartResu
                                                "reason": reason})
     return PartResult(sop_class, sop_inst, status, reason)
 
-
-def _study_of(path: Path) -> str | None:
-    """The part's Study Instance UID, or None when its header cannot be read (the ingest's checks
-    then refuse it with their own status)."""
-    try:
-        return str(read_header(path).get("StudyInstanceUID", ""))
-    except Exception:  # any parse error: left to Ingest.receive, which names it
-        return None

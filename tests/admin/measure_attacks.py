@@ -35,7 +35,7 @@ from admin_attack_support import (
     still_open,
 )
 
-from dicom_node.testing import peak_rss_growth, rsna_files, storescu, wait_for
+from dicom_node.testing import load_script, peak_rss_growth, rsna_files, storescu, wait_for
 
 
 def _node(root: Path, admin: dict[str, Any], nofile: tuple[int, int] | None = None,
@@ -100,7 +100,6 @@ def tokens(root: Path) -> dict[str, Any]:
 
 
 def ansi(root: Path) -> dict[str, Any]:
-    import importlib.util
 
     node, _ = _node(root, {}, worker={"threads": 1}, routing={"modalities": ["DX"]})
     try:
@@ -110,12 +109,7 @@ def ansi(root: Path) -> dict[str, Any]:
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
         ds.save_as(root / "ansi.dcm")
         storescu(node.port, [root / "ansi.dcm"])
-        spec = importlib.util.spec_from_file_location("fuzz_association", Path(__file__).resolve().parents[2]
-                                                      / "scripts" / "fuzz_association.py")
-        assert spec is not None and spec.loader is not None
-        fz = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = fz
-        spec.loader.exec_module(fz)
+        fz = load_script("fuzz_association")
         with socket.create_connection(("127.0.0.1", node.port), timeout=5) as s:
             s.sendall(fz.associate_rq(called=b"X\x1b[1A\nFORGED 1", calling=b"EVIL\x1b]0;x\x07"))
             s.recv(64)

@@ -4,7 +4,6 @@ decodes, missing security headers. Figures before and after: docs/reliability.md
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import re
 import select
@@ -42,7 +41,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from dicom_node.admin.limits import SECURITY_HEADERS, http_share
-from dicom_node.testing import REPO, free_port, peak_rss_growth, require, storescu, wait_for
+from dicom_node.testing import free_port, load_script, peak_rss_growth, require, storescu, wait_for
 from models import SHIPPED_WEIGHTS
 
 FLOOD = 300  # slow connections kept open against a node allowed 256 descriptors
@@ -276,12 +275,7 @@ def test_the_start_up_log_says_whether_a_token_is_asked(
 
 
 def _fuzz_script() -> Any:
-    spec = importlib.util.spec_from_file_location("fuzz_association", REPO / "scripts" / "fuzz_association.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("fuzz_association")
 
 
 def test_escape_sequences_from_outside_never_reach_the_console(

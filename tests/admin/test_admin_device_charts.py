@@ -11,8 +11,6 @@ is not run), device 3 is stable.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from types import ModuleType
@@ -22,7 +20,7 @@ import httpx
 import pytest
 from admin_support import ARTIFACTS, Dom, Element, chromium
 
-from dicom_node.testing import REPO, NodeProcess, free_port, wait_for
+from dicom_node.testing import NodeProcess, free_port, load_script, wait_for
 from twin.db import thread_local_connect
 from twin.store import TwinStore
 
@@ -30,12 +28,7 @@ RATED_LIFE_HU = 320_000.0  # the heavy-use device has used about 85% of it: WARN
 
 
 def _simulator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("simulate_modality", REPO / "scripts" / "simulate_modality.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["simulate_modality"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("simulate_modality")
 
 
 @pytest.fixture(scope="module")

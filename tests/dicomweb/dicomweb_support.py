@@ -9,7 +9,9 @@ with the reliability tests' helpers.
 from __future__ import annotations
 
 import io
+import json
 import sys
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reliability"))
 
 from reliability_support import query, spool_files  # noqa: E402
 
-from dicom_node.testing import NodeProcess  # noqa: E402
+from dicom_node.testing import NodeProcess, OrthancProcess, wait_for  # noqa: E402
 
 __all__ = ["query", "spool_files"]
 
@@ -96,3 +98,67 @@ def multipart_parts(response: httpx.Response) -> list[tuple[str, bytes]]:
                             if line.lower().startswith(b"content-type:"))
         out.append((content_type, data[:-2]))
     return out
+
+
+# --- results delivered to a DICOMweb peer (Orthanc) -------------------------------------------
+
+
+def delivery_states(node: NodeProcess) -> dict[tuple[str, str], int]:
+    return {(d, s): n for d, s, n in query(node, "SELECT destination, state, COUNT(*) FROM deliveries"
+                                                  " GROUP BY destination, state")}
+
+
+def wait_deliveries(node: NodeProcess, expected: dict[tuple[str, str], int], timeout_s: float = 600) -> None:
+    wait_for(f"deliveries {expected}", lambda: delivery_states(node) == expected, timeout_s)
+
+
+def deliveries_json(node: NodeProcess, *args: str) -> dict[str, Any]:
+    return dict(json.loads(node.cli("deliveries", "--json", *args).stdout))
+
+
+def outbox_files(node: NodeProcess) -> dict[str, tuple[str, Path]]:
+    """The node's results: SOP Instance UID → (kind, outbox file)."""
+    return {uid: (kind, Path(path)) for uid, kind, path in query(node, "SELECT sop_instance_uid, kind, path"
+                                                                        " FROM results")}
+
+
+def orthanc_rest(orthanc: OrthancProcess, path: str, method: str = "GET", data: bytes | None = None,
+          headers: dict[str, str] | None = None) -> Any:
+    """Orthanc's REST API with any method, body and headers (``OrthancProcess.get`` is GET only)."""
+    req = urllib.request.Request(f"{orthanc.http_url}{path}", data=data, method=method, headers=headers or {})
+    with urllib.request.urlopen(req, timeout=30, context=orthanc._ssl()) as rsp:
+        body = rsp.read()
+    return json.loads(body) if body[:1] in (b"{", b"[") else body
+
+
+def orthanc_instances(orthanc: OrthancProcess, headers: dict[str, str] | None = None) -> dict[str, bytes]:
+    """Every instance Orthanc holds, by SOP Instance UID, as the file it stored."""
+    def get(path: str) -> Any:
+        return orthanc_rest(orthanc, path, headers=headers)
+
+    held: dict[str, bytes] = {}
+    for oid in get("/instances"):
+        uid = get(f"/instances/{oid}/simplified-tags")["SOPInstanceUID"]
+        assert uid not in held, f"{uid} stored twice"
+        held[uid] = get(f"/instances/{oid}/file")
+    return held
+
+
+def assert_results_in_orthanc(node: NodeProcess, held: dict[str, bytes], sources: list[Path]) -> None:
+    """Each source's SR, GSPS and SC are in Orthanc once, byte-identical to the outbox file."""
+    outbox = outbox_files(node)
+    assert set(held) == set(outbox), "Orthanc holds other instances than the node's results"
+    for uid, (_kind, path) in outbox.items():
+        assert held[uid] == path.read_bytes(), f"{uid} differs from its outbox file"
+    for src in sources:
+        src_uid = str(pydicom.dcmread(src, stop_before_pixels=True).SOPInstanceUID)
+        kinds = [kind for (kind,) in query(node, "SELECT kind FROM results WHERE source_sop_instance_uid=?", src_uid)]
+        assert sorted(kinds) == ["gsps", "sc", "sr"], f"results of {src.name}: {kinds}"
+
+
+def delivered_once(node: NodeProcess, destination: str) -> None:
+    """The audit trail records one 'delivered' attempt per result for ``destination``, never two."""
+    rows = query(node, "SELECT json_extract(detail, '$.result_uid'), COUNT(*) FROM audit WHERE event='delivery'"
+                        " AND outcome='delivered' AND json_extract(detail, '$.destination')=? GROUP BY 1", destination)
+    assert rows and all(n == 1 for _uid, n in rows), rows
+    assert len(rows) == len(outbox_files(node))

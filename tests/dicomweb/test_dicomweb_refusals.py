@@ -70,6 +70,8 @@ def test_wrong_content_type_is_415(web: NodeProcess, unchanged: set[str]) -> Non
 def test_malformed_multipart_is_400(web: NodeProcess, unchanged: set[str]) -> None:
     body, ct = related([_xr(3)])
     _one_line(post(web, body, "multipart/related; type=\"application/dicom\""), 400, "no boundary")
+    long_body, long_ct = related([_xr(3)], boundary="b" * 201)  # past MAX_BOUNDARY (Orthanc's are 73)
+    _one_line(post(web, long_body, long_ct), 400, "over 200 characters")
     _one_line(post(web, body[: len(body) // 2], ct), 400, "ends before its close delimiter")
     _one_line(post(web, b"--nothing-here--\r\n", ct), 400, "")
     empty, ct = related([])

@@ -15,14 +15,11 @@ import base64
 import io
 import json
 import re
-import sqlite3
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
-from contextlib import closing
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -31,6 +28,17 @@ from typing import Any
 import pydicom
 import pytest
 import yaml
+from dicomweb_support import (
+    assert_results_in_orthanc,
+    delivered_once,
+    deliveries_json,
+    delivery_states,
+    orthanc_instances,
+    orthanc_rest,
+    outbox_files,
+    query,
+    wait_deliveries,
+)
 
 from dicom_node.testing import (
     NodeProcess,
@@ -47,101 +55,25 @@ KINDS = {"1.2.840.10008.5.1.4.1.1.88.34": "sr", "1.2.840.10008.5.1.4.1.1.11.1": 
 FAST_RETRY = {"backoff_s": 0.3, "backoff_max_s": 1.0}
 
 
-@pytest.fixture
-def orthanc_web(tmp_path: Path) -> Iterator[OrthancProcess]:
-    """Orthanc with its DICOMweb plugin; a missing plugin fails the run in CI."""
-    why = missing_orthanc_dicomweb()
-    require(why is None, why or "")
-    pacs = OrthancProcess(tmp_path / "orthanc", dicomweb=True).start()
-    yield pacs
-    pacs.stop()
-
-
-def _query(node: NodeProcess, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    with closing(sqlite3.connect(f"file:{node.storage / 'node.db'}?mode=ro", uri=True, timeout=30)) as conn:
-        return list(conn.execute(sql, args))
-
-
-def _states(node: NodeProcess) -> dict[tuple[str, str], int]:
-    return {(d, s): n for d, s, n in _query(node, "SELECT destination, state, COUNT(*) FROM deliveries"
-                                                  " GROUP BY destination, state")}
-
-
-def _wait_states(node: NodeProcess, expected: dict[tuple[str, str], int], timeout_s: float = 600) -> None:
-    wait_for(f"deliveries {expected}", lambda: _states(node) == expected, timeout_s)
-
-
-def _deliveries_json(node: NodeProcess, *args: str) -> dict[str, Any]:
-    return dict(json.loads(node.cli("deliveries", "--json", *args).stdout))
-
-
-def _outbox(node: NodeProcess) -> dict[str, tuple[str, Path]]:
-    """The node's results: SOP Instance UID → (kind, outbox file)."""
-    return {uid: (kind, Path(path)) for uid, kind, path in _query(node, "SELECT sop_instance_uid, kind, path"
-                                                                        " FROM results")}
-
-
-def _rest(orthanc: OrthancProcess, path: str, method: str = "GET", data: bytes | None = None,
-          headers: dict[str, str] | None = None) -> Any:
-    """Orthanc's REST API with any method, body and headers (``OrthancProcess.get`` is GET only)."""
-    req = urllib.request.Request(f"{orthanc.http_url}{path}", data=data, method=method, headers=headers or {})
-    with urllib.request.urlopen(req, timeout=30, context=orthanc._ssl()) as rsp:
-        body = rsp.read()
-    return json.loads(body) if body[:1] in (b"{", b"[") else body
-
-
-def _orthanc_instances(orthanc: OrthancProcess, headers: dict[str, str] | None = None) -> dict[str, bytes]:
-    """Every instance Orthanc holds, by SOP Instance UID, as the file it stored."""
-    def get(path: str) -> Any:
-        return _rest(orthanc, path, headers=headers)
-
-    held: dict[str, bytes] = {}
-    for oid in get("/instances"):
-        uid = get(f"/instances/{oid}/simplified-tags")["SOPInstanceUID"]
-        assert uid not in held, f"{uid} stored twice"
-        held[uid] = get(f"/instances/{oid}/file")
-    return held
-
-
-def _assert_results_in_orthanc(node: NodeProcess, held: dict[str, bytes], sources: list[Path]) -> None:
-    """Each source's SR, GSPS and SC are in Orthanc once, byte-identical to the outbox file."""
-    outbox = _outbox(node)
-    assert set(held) == set(outbox), "Orthanc holds other instances than the node's results"
-    for uid, (_kind, path) in outbox.items():
-        assert held[uid] == path.read_bytes(), f"{uid} differs from its outbox file"
-    for src in sources:
-        src_uid = str(pydicom.dcmread(src, stop_before_pixels=True).SOPInstanceUID)
-        kinds = [kind for (kind,) in _query(node, "SELECT kind FROM results WHERE source_sop_instance_uid=?", src_uid)]
-        assert sorted(kinds) == ["gsps", "sc", "sr"], f"results of {src.name}: {kinds}"
-
-
-def _delivered_once(node: NodeProcess, destination: str) -> None:
-    """The audit trail records one 'delivered' attempt per result for ``destination``, never two."""
-    rows = _query(node, "SELECT json_extract(detail, '$.result_uid'), COUNT(*) FROM audit WHERE event='delivery'"
-                        " AND outcome='delivered' AND json_extract(detail, '$.destination')=? GROUP BY 1", destination)
-    assert rows and all(n == 1 for _uid, n in rows), rows
-    assert len(rows) == len(_outbox(node))
-
-
 def test_rsna_results_arrive_in_orthanc_by_stow_rs(node_factory: type[NodeProcess], orthanc_web: OrthancProcess,
                                                     dcmtk: None, rsna: list[Path]) -> None:
     url = orthanc_web.dicomweb_url
     node = node_factory(destinations=[{"name": "pacs-web", "url": url, "kinds": ["sr", "gsps", "sc"]}]).start()
     t0 = time.monotonic()
     assert storescu(node.port, rsna).returncode == 0
-    _wait_states(node, {("pacs-web", "delivered"): 27})
+    wait_deliveries(node, {("pacs-web", "delivered"): 27})
     print(f"\nSTOW-RS: 27 results of 9 radiographs delivered {time.monotonic() - t0:.1f} s after the C-STORE")
-    _assert_results_in_orthanc(node, _orthanc_instances(orthanc_web), rsna)
-    _delivered_once(node, "pacs-web")
+    assert_results_in_orthanc(node, orthanc_instances(orthanc_web), rsna)
+    delivered_once(node, "pacs-web")
     # What the commands show: deliveries by state, the destination by its URL, its QIDO probe.
-    assert _deliveries_json(node)["by_state"] == [{"destination": "pacs-web", "state": "delivered", "n": 27}]
+    assert deliveries_json(node)["by_state"] == [{"destination": "pacs-web", "state": "delivered", "n": 27}]
     status = json.loads(node.cli("status", "--json").stdout)
     [dest] = status["destinations"]
     assert (dest["name"], dest["address"], dest["protocol"], dest["last_delivery_ok"]) == \
         ("pacs-web", url, "stow-rs", 1)
     assert dest["last_echo_ok"] == 1 and dest["last_echo_error"] is None
     # The audit trail names the URL where a DIMSE peer's host stands.
-    assert {h for (h,) in _query(node, "SELECT DISTINCT peer_host FROM audit WHERE event='delivery'")} == {url}
+    assert {h for (h,) in query(node, "SELECT DISTINCT peer_host FROM audit WHERE event='delivery'")} == {url}
 
 
 def test_results_wait_for_a_stopped_peer_and_arrive_once_it_is_back(
@@ -150,15 +82,15 @@ def test_results_wait_for_a_stopped_peer_and_arrive_once_it_is_back(
     node = node_factory(destinations=[{"name": "pacs-web", "url": orthanc_web.dicomweb_url}],
                         delivery={**FAST_RETRY, "max_attempts": 50}).start()
     assert storescu(node.port, rsna[:1]).returncode == 0
-    wait_for("deliveries retrying", lambda: _states(node).get(("pacs-web", "retrying")) == 3, 600)
-    [(error,)] = _query(node, "SELECT DISTINCT error FROM deliveries")
+    wait_for("deliveries retrying", lambda: delivery_states(node).get(("pacs-web", "retrying")) == 3, 600)
+    [(error,)] = query(node, "SELECT DISTINCT error FROM deliveries")
     assert error.startswith("cannot connect:") and "refused" in error.lower(), error
-    assert _query(node, "SELECT last_echo_ok FROM peer_status WHERE name='pacs-web'") == [(0,)]
+    assert query(node, "SELECT last_echo_ok FROM peer_status WHERE name='pacs-web'") == [(0,)]
     orthanc_web.start()
-    _wait_states(node, {("pacs-web", "delivered"): 3}, 120)
-    _assert_results_in_orthanc(node, _orthanc_instances(orthanc_web), rsna[:1])
-    _delivered_once(node, "pacs-web")
-    [(tries,)] = _query(node, "SELECT MIN(attempts) FROM deliveries")
+    wait_deliveries(node, {("pacs-web", "delivered"): 3}, 120)
+    assert_results_in_orthanc(node, orthanc_instances(orthanc_web), rsna[:1])
+    delivered_once(node, "pacs-web")
+    [(tries,)] = query(node, "SELECT MIN(attempts) FROM deliveries")
     assert tries >= 2
 
 
@@ -182,23 +114,23 @@ def test_a_full_peer_stores_nothing_the_deliveries_park_and_retry_sends_them(
     pacs = OrthancProcess(tmp_path / "full", dicomweb=True, options={"MaximumPatientCount": 1}).start()
     try:
         other = _other_patient(rsna[1], tmp_path / "other.dcm")
-        stored = _rest(pacs, "/instances", "POST", other.read_bytes())
-        _rest(pacs, f"/patients/{stored['ParentPatient']}/protected", "PUT", b"1")
+        stored = orthanc_rest(pacs, "/instances", "POST", other.read_bytes())
+        orthanc_rest(pacs, f"/patients/{stored['ParentPatient']}/protected", "PUT", b"1")
         node = node_factory(destinations=[{"name": "pacs-web", "url": pacs.dicomweb_url}],
                             delivery={**FAST_RETRY, "max_attempts": 2}).start()
         assert storescu(node.port, rsna[:1]).returncode == 0
-        _wait_states(node, {("pacs-web", "failed"): 3})
-        shown = _deliveries_json(node)
+        wait_deliveries(node, {("pacs-web", "failed"): 3})
+        shown = deliveries_json(node)
         assert {(p["destination"], p["attempts"], p["error"]) for p in shown["parked"]} == \
             {("pacs-web", 2, "HTTP 200: not stored (absent from the Store Instances Response)")}
         assert "not stored (absent from" in " ".join(node.cli("deliveries").stdout.split())  # as read
         assert len(pacs.get("/instances")) == 1
         # Room again: the other patient goes, and the parked deliveries are sent again.
-        _rest(pacs, f"/patients/{stored['ParentPatient']}", "DELETE")
-        assert _deliveries_json(node, "--retry")["requeued"] == 3
-        _wait_states(node, {("pacs-web", "delivered"): 3}, 120)
-        _assert_results_in_orthanc(node, _orthanc_instances(pacs), rsna[:1])
-        _delivered_once(node, "pacs-web")
+        orthanc_rest(pacs, f"/patients/{stored['ParentPatient']}", "DELETE")
+        assert deliveries_json(node, "--retry")["requeued"] == 3
+        wait_deliveries(node, {("pacs-web", "delivered"): 3}, 120)
+        assert_results_in_orthanc(node, orthanc_instances(pacs), rsna[:1])
+        delivered_once(node, "pacs-web")
     finally:
         pacs.stop()
 
@@ -317,12 +249,12 @@ def test_refusals_in_the_store_instances_response_are_failed_deliveries_with_the
     dests.append({"name": "wrong-path", "url": f"{orthanc_web.http_url}/no-dicom-web-here"})
     node = node_factory(destinations=dests, delivery={**FAST_RETRY, "max_attempts": 3}).start()
     assert storescu(node.port, rsna[:1]).returncode == 0
-    _wait_states(node, {("refuse-sr", "delivered"): 2, ("refuse-sr", "failed"): 1, ("conflict", "failed"): 3,
+    wait_deliveries(node, {("refuse-sr", "delivered"): 2, ("refuse-sr", "failed"): 1, ("conflict", "failed"): 3,
                         ("busy", "failed"): 3, ("small", "delivered"): 3, ("unavailable", "failed"): 3,
                         ("wrong-path", "failed"): 3})
-    outbox = _outbox(node)
+    outbox = outbox_files(node)
     parked = {(p["destination"], outbox[p["result_uid"]][0]): (p["attempts"], p["error"])
-              for p in _deliveries_json(node)["parked"]}
+              for p in deliveries_json(node)["parked"]}
     assert parked == {
         # refused for good: parked at the first attempt
         ("refuse-sr", "sr"): (1, "HTTP 202: FailureReason 0x0122 (SOP class not supported)"),
@@ -376,14 +308,14 @@ def test_credentials_deliver_and_a_wrong_password_parks_at_once(
             {"name": "wrong-password", "url": url, "username": "node", "password": WRONG},
         ], delivery={**FAST_RETRY, "max_attempts": 2}).start()
         assert storescu(node.port, rsna[:1]).returncode == 0
-        _wait_states(node, {("secure", "delivered"): 3, ("wrong-password", "failed"): 3})
+        wait_deliveries(node, {("secure", "delivered"): 3, ("wrong-password", "failed"): 3})
         auth = {"Authorization": "Basic " + base64.b64encode(f"node:{PASSWORD}".encode()).decode()}
-        _assert_results_in_orthanc(node, _orthanc_instances(pacs, auth), rsna[:1])
-        parked = {(p["destination"], p["attempts"], p["error"]) for p in _deliveries_json(node)["parked"]}
+        assert_results_in_orthanc(node, orthanc_instances(pacs, auth), rsna[:1])
+        parked = {(p["destination"], p["attempts"], p["error"]) for p in deliveries_json(node)["parked"]}
         # not retried: the same password gets the same answer
         assert parked == {("wrong-password", 1, "HTTP 401: Unauthorized")}
         assert "HTTP 401: Unauthorized" in " ".join(node.cli("deliveries").stdout.split())
-        echoes = {n: (ok, err) for n, ok, err in _query(node, "SELECT name, last_echo_ok, last_echo_error"
+        echoes = {n: (ok, err) for n, ok, err in query(node, "SELECT name, last_echo_ok, last_echo_error"
                                                                " FROM peer_status")}
         assert echoes["secure"] == (1, None) and echoes["wrong-password"] == (0, "HTTP 401: Unauthorized")
         # No password anywhere a person reads: the log, the commands, the audit trail.

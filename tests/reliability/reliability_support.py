@@ -7,14 +7,11 @@ the running node, as ``dicom-node status`` does), the files under its spool.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sqlite3
-import sys
 from collections.abc import Iterable, Iterator
 from contextlib import closing
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pydicom
@@ -23,7 +20,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import UID
 
-from dicom_node.testing import REPO, NodeProcess
+from dicom_node.testing import NodeProcess, load_script
 from models.phantoms import device_fleet, generate, to_dataset
 
 # Every random choice in this folder derives from it. CI runs the default; RELIABILITY_SEED=N runs
@@ -32,15 +29,6 @@ SEED = int(os.environ.get("RELIABILITY_SEED", "20260407"))
 
 
 
-def load_script(name: str) -> ModuleType:
-    """Import ``scripts/<name>.py`` (the benchmark and the fuzzer are scripts a person runs too)."""
-    path = REPO / "scripts" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_script_{name}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
 
 
 def radiograph(seed: int, index: int, *, size: int = 256, modality: str | None = None, **attrs: Any) -> Dataset:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import importlib.util
 import random
 import statistics
 import sys
@@ -24,6 +23,7 @@ from types import ModuleType
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from dicom_node.testing import load_script  # noqa: E402
 from twin.health import (  # noqa: E402
     DeviceHistory,
     Status,
@@ -40,17 +40,11 @@ from twin.signals import Signal, daily_medians  # noqa: E402
 
 TH = Thresholds()
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _simulator() -> ModuleType:
     """scripts/simulate_modality.py (not a package): its signal model is the one measured here."""
-    spec = importlib.util.spec_from_file_location("simulate_modality", ROOT / "scripts" / "simulate_modality.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["simulate_modality"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("simulate_modality")
 
 
 SIM = _simulator()

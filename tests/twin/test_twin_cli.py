@@ -8,11 +8,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import typer
-from twin_support import event, make_ds, times, write_jsonl
-from typer.testing import CliRunner
+from twin_support import event, make_ds, run_twin_cli, times, write_jsonl
 
-from dicom_node.cli.twin import register
 from twin.db import thread_local_connect
 from twin.store import TwinStore
 
@@ -35,15 +32,10 @@ def site(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def _run(*args: str) -> tuple[int, str, str]:
-    app = typer.Typer()
-    register(app)
-    result = CliRunner().invoke(app, list(args))
-    return result.exit_code, result.stdout, result.stderr
 
 
 def test_devices_json_contract(site: Path) -> None:
-    code, out, _ = _run("devices", "--json", "--config", str(site / "config.yaml"))
+    code, out, _ = run_twin_cli("devices", "--json", "--config", str(site / "config.yaml"))
     assert code == 0
     devices = json.loads(out)
     assert isinstance(devices, list) and len(devices) == 2
@@ -67,20 +59,20 @@ def test_devices_json_contract(site: Path) -> None:
 
 def test_devices_table_and_device_record(site: Path) -> None:
     cfg = str(site / "config.yaml")
-    code, out, _ = _run("devices", "--config", cfg)
+    code, out, _ = run_twin_cli("devices", "--config", cfg)
     assert code == 0 and "SN-A" in out and "ALERT" in out
-    code, out, _ = _run("device", "SN-B", "--json", "--config", cfg)
+    code, out, _ = run_twin_cli("device", "SN-B", "--json", "--config", cfg)
     rec = json.loads(out)
     assert code == 0 and rec["serial"] == "SN-B" and rec["configuration"]["software_versions"] == "VB20"
     for key in ("configuration_history", "usage_per_day", "fault_events", "maintenance", "health"):
         assert key in rec
-    code, out, _ = _run("device", "XR01", "--config", cfg)
+    code, out, _ = run_twin_cli("device", "XR01", "--config", cfg)
     assert code == 0 and "configuration history" in out and "E-DET-310" in out
 
 
 def test_maintenance_add(site: Path) -> None:
     cfg = str(site / "config.yaml")
-    code, out, _ = _run(
+    code, out, _ = run_twin_cli(
         "maintenance",
         "add",
         "SN-A",
@@ -94,15 +86,16 @@ def test_maintenance_add(site: Path) -> None:
         cfg,
     )
     assert code == 0 and "recorded maintenance" in out
-    rec = json.loads(_run("device", "SN-A", "--json", "--config", cfg)[1])
+    rec = json.loads(run_twin_cli("device", "SN-A", "--json", "--config", cfg)[1])
     assert [(m["kind"], m["note"], m["source"]) for m in rec["maintenance"]] == [
         ("corrective", "replaced cable", "admin")
     ]
-    code, _, err = _run("maintenance", "add", "SN-A", "--kind", "polish", "--note", "x", "--config", cfg)
+    code, _, err = run_twin_cli("maintenance", "add", "SN-A", "--kind", "polish", "--note", "x", "--config", cfg)
     assert code == 2 and "--kind: one of" in err
-    code, _, err = _run("maintenance", "add", "SN-A", "--kind", "qc", "--note", "x", "--at", "soon", "--config", cfg)
+    code, _, err = run_twin_cli("maintenance", "add", "SN-A", "--kind", "qc", "--note", "x", "--at", "soon",
+                                "--config", cfg)
     assert code == 2 and "--at" in err
-    code, _, err = _run("device", "NOPE", "--config", cfg)
+    code, _, err = run_twin_cli("device", "NOPE", "--config", cfg)
     assert code == 1 and "no device 'NOPE'" in err
 
 
@@ -112,7 +105,7 @@ def test_reads_while_the_node_holds_the_write_lock(site: Path) -> None:
     writer.execute("BEGIN IMMEDIATE")
     writer.execute("INSERT INTO twin_quarantine (file, line_no, reason) VALUES ('x', 1, 'held')")
     try:
-        code, out, _ = _run("devices", "--json", "--config", str(site / "config.yaml"))
+        code, out, _ = run_twin_cli("devices", "--json", "--config", str(site / "config.yaml"))
         assert code == 0 and len(json.loads(out)) == 2
     finally:
         writer.rollback()
@@ -121,8 +114,8 @@ def test_reads_while_the_node_holds_the_write_lock(site: Path) -> None:
 
 def test_missing_database_and_bad_config(tmp_path: Path) -> None:
     (tmp_path / "config.yaml").write_text("storage:\n  dir: ./nowhere\n")
-    code, _, err = _run("devices", "--config", str(tmp_path / "config.yaml"))
+    code, _, err = run_twin_cli("devices", "--config", str(tmp_path / "config.yaml"))
     assert code == 1 and "no database at" in err
     (tmp_path / "bad.yaml").write_text("twin:\n  sidecar_poll_s: -1\n")
-    code, _, err = _run("devices", "--config", str(tmp_path / "bad.yaml"))
+    code, _, err = run_twin_cli("devices", "--config", str(tmp_path / "bad.yaml"))
     assert code == 2 and "twin.sidecar_poll_s" in err

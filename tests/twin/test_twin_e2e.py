@@ -8,33 +8,24 @@ weights; the twin step runs for every instance whatever the routing.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
-import sys
 import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import pytest
 import typer
 from typer.testing import CliRunner
 
 from dicom_node.cli.twin import register
-from dicom_node.testing import NodeProcess, storescu
+from dicom_node.testing import NodeProcess, load_script, storescu
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _simulator() -> ModuleType:
-    pytest.importorskip("models.phantoms")
-    spec = importlib.util.spec_from_file_location("simulate_modality_e2e", REPO / "scripts" / "simulate_modality.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("simulate_modality")
 
 
 def _sim(sim: ModuleType, *args: str) -> dict[str, Any]:

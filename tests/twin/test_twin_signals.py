@@ -10,41 +10,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import typer
-from twin_support import NOW, event, new_store, write_jsonl
-from typer.testing import CliRunner
+from twin_support import NOW, event, new_store, ramp_log, run_twin_cli, write_jsonl
 
-from dicom_node.cli.twin import register
 from dicom_node.config import ConfigError, parse_config
 from dicom_node.testing import NodeProcess
 from twin.db import thread_local_connect
 from twin.health import Status
 from twin.signals import DEFAULT_SIGNALS, signals_from_config, theil_sen
 from twin.store import TwinStore
-
-
-def _ramp_log(
-    side: Path,
-    name: str,
-    start: float,
-    per_day: float,
-    end: datetime = NOW,
-    days: int = 40,
-    sigma: float = 0.5,
-    seed: int = 1,
-    serial: str = "SN-1001",
-) -> None:
-    """Telemetry of ``name`` every 4 h for ``days`` days up to ``end``: start + per_day·day + noise."""
-    rng = random.Random(seed)
-    t0 = end - timedelta(days=days)
-    events = []
-    t = t0
-    while t <= end:
-        day = (t - t0).total_seconds() / 86400
-        value = round(start + per_day * day + rng.gauss(0, sigma), 2)
-        events.append(event(t, "telemetry", serial=serial, values={name: value}))
-        t += timedelta(hours=4)
-    write_jsonl(side / f"{serial}-{name}.jsonl", events)
 
 
 def test_theil_sen_slope_band_and_robustness() -> None:
@@ -66,7 +39,7 @@ def test_theil_sen_slope_band_and_robustness() -> None:
 
 def test_ramping_signal_is_warn_with_signal_limit_and_date_before_crossing(tmp_path: Path) -> None:
     # tube housing at 45 °C rising 0.3 °C/day: reaches 57 °C now, the 60 °C warn limit in 10 days
-    _ramp_log(tmp_path / "side", "tube_housing_temperature", 45.0, 0.3)
+    ramp_log(tmp_path / "side", "tube_housing_temperature", 45.0, 0.3)
     store = new_store(tmp_path)
     store.ingest_sidecar(tmp_path / "side", settle_s=0)
     dev = store.find_device("SN-1001")
@@ -91,9 +64,9 @@ def test_ramping_signal_is_warn_with_signal_limit_and_date_before_crossing(tmp_p
 def test_ramp_to_the_alert_limit_is_alert_and_falling_signals_forecast_low(tmp_path: Path) -> None:
     side = tmp_path / "side"
     # cooling water flow falling 0.1 L/min a day from 5.5: 1.5 now, the 1.0 alert limit in 5 days...
-    _ramp_log(side, "cooling_water_flow", 5.5, -0.1, sigma=0.05, serial="SN-A")
+    ramp_log(side, "cooling_water_flow", 5.5, -0.1, sigma=0.05, serial="SN-A")
     # ... and a battery 2 days from its 15% alert limit
-    _ramp_log(side, "battery_charge", 95.0, -1.9, sigma=1.0, serial="SN-B")
+    ramp_log(side, "battery_charge", 95.0, -1.9, sigma=1.0, serial="SN-B")
     store = new_store(tmp_path)
     store.ingest_sidecar(side, settle_s=0)
     flow = store.health(store.find_device("SN-A") or 0, NOW)
@@ -114,7 +87,7 @@ def test_stable_signals_stay_ok(tmp_path: Path, seed: int) -> None:
         mid = (lo + hi) / 2 if lo is not None and hi is not None else (hi - 10 if hi is not None else (lo or 0) + 20)
         if sig.name == "anode_bearing_vibration":
             mid = 0.8
-        _ramp_log(side, sig.name, mid, 0.0, sigma=abs(mid) * 0.02 + 0.05, seed=seed * 100 + i, days=60)
+        ramp_log(side, sig.name, mid, 0.0, sigma=abs(mid) * 0.02 + 0.05, seed=seed * 100 + i, days=60)
     store = new_store(tmp_path)
     store.ingest_sidecar(side, settle_s=0)
     dev = store.find_device("SN-1001") or 0
@@ -164,14 +137,12 @@ def test_device_json_lists_forecasts_of_a_configured_signal(tmp_path: Path) -> N
         "storage:\n  dir: ./var\ntwin:\n  signals:\n    tank_pressure:\n      unit: bar\n"
         "      warn: [null, 5.0]\n      alert: [null, 6.0]\n      forecast: true\n"
     )
-    _ramp_log(tmp_path / "side", "tank_pressure", 2.0, 0.1, end=now, days=25, sigma=0.05, serial="SN-P")
+    ramp_log(tmp_path / "side", "tank_pressure", 2.0, 0.1, end=now, days=25, sigma=0.05, serial="SN-P")
     store = TwinStore(thread_local_connect(storage / "node.db"))
     store.ingest_sidecar(tmp_path / "side", settle_s=0)
-    app = typer.Typer()
-    register(app)
-    result = CliRunner().invoke(app, ["device", "SN-P", "--json", "--config", str(tmp_path / "config.yaml")])
-    assert result.exit_code == 0, result.stdout
-    rec = json.loads(result.stdout)
+    code, out, err = run_twin_cli("device", "SN-P", "--json", "--config", str(tmp_path / "config.yaml"))
+    assert code == 0, err
+    rec = json.loads(out)
     # 4.5 bar now, rising 0.1 bar/day: warn limit 5 in about 5 days, alert limit 6 in about 15
     forecasts = rec["forecasts"]
     assert [(f["signal"], f["limit"]) for f in forecasts] == [("tank_pressure", 5.0), ("tank_pressure", 6.0)]
@@ -194,14 +165,11 @@ def test_running_node_reads_ramping_telemetry_and_forecasts(node_factory: type[N
     ).start()
     now = datetime.now(UTC) - timedelta(minutes=5)
     side = node.root / "sidecar"
-    _ramp_log(side, "generator_tank_temperature", 40.0, 0.3, end=now, days=40, serial="SN-RAMP")
-    _ramp_log(side, "generator_tank_temperature", 40.0, 0.0, end=now, days=40, serial="SN-FLAT")
-    app = typer.Typer()
-    register(app)
-
+    ramp_log(side, "generator_tank_temperature", 40.0, 0.3, end=now, days=40, serial="SN-RAMP")
+    ramp_log(side, "generator_tank_temperature", 40.0, 0.0, end=now, days=40, serial="SN-FLAT")
     def record(serial: str) -> dict:
-        result = CliRunner().invoke(app, ["device", serial, "--json", "--config", str(node.config_path)])
-        return json.loads(result.stdout) if result.exit_code == 0 else {}
+        code, out, _ = run_twin_cli("device", serial, "--json", "--config", str(node.config_path))
+        return json.loads(out) if code == 0 else {}
 
     deadline = time.monotonic() + 60
     while not (record("SN-RAMP") and record("SN-FLAT")) and time.monotonic() < deadline:

@@ -8,10 +8,8 @@ instance in the twin) to check the C-STORE path end to end without the node.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
@@ -19,20 +17,13 @@ from types import ModuleType
 import pytest
 from twin_support import new_store
 
+from dicom_node.testing import load_script
 from twin.health import Status
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def sim() -> ModuleType:
-    pytest.importorskip("models.phantoms")
-    spec = importlib.util.spec_from_file_location("simulate_modality", REPO / "scripts" / "simulate_modality.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["simulate_modality"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("simulate_modality")
 
 
 def test_simulated_fleet_builds_matching_twin_records(tmp_path: Path, sim: ModuleType) -> None:
@@ -150,7 +141,9 @@ def test_degradations_are_found_and_a_stable_device_stays_ok(tmp_path: Path, sim
     assert 4 <= (crossing - now).days <= 7  # the limit is still days ahead
     assert failing[1] == {"tube_housing_temperature_forecast"} and health[1].status is Status.WARN
     forecast = next(f for f in health[1].forecasts if f.kind == "warn")
-    assert abs((forecast.crossing_at - crossing).total_seconds()) < 3 * 86400
+    # The trend of a 30-day ramp with day-to-day wander: over 25 seeds its crossing was off by a
+    # median of 2.3 days and at most 5.6 (docs/twin.md, Forecast accuracy); the WARN comes days ahead.
+    assert now < forecast.crossing_at and abs((forecast.crossing_at - crossing).total_seconds()) < 6 * 86400
     reason = health[1].reasons[0]
     assert "tube housing temperature" in reason and "60 °C" in reason
     assert forecast.crossing_at.date().isoformat() in reason

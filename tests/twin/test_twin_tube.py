@@ -10,11 +10,8 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import typer
-from twin_support import NOW, make_ds, new_store
-from typer.testing import CliRunner
+from twin_support import NOW, make_ds, new_store, run_twin_cli
 
-from dicom_node.cli.twin import register
 from dicom_node.config import ConfigError, parse_config
 from twin.db import thread_local_connect
 from twin.health import Status, Thresholds
@@ -108,26 +105,23 @@ def test_maintenance_add_accepts_tube_and_device_json_shows_the_load(tmp_path: P
     for i in range(12):
         at = now - timedelta(hours=12 - i)
         store.record_instance(make_ds(f"8.{i}", at), received_at=at)
-    app = typer.Typer()
-    register(app)
-    runner = CliRunner()
     cfg = ["--config", str(tmp_path / "config.yaml")]
-    out = runner.invoke(app, ["maintenance", "add", "SN-1001", "--kind", "tube", "--note", "new tube",
-                              "--at", (now - timedelta(hours=6, minutes=30)).isoformat(), *cfg])
-    assert out.exit_code == 0, out.output
-    assert "(tube)" in out.stdout
-    bad = runner.invoke(app, ["maintenance", "add", "SN-1001", "--kind", "tubes", "--note", "x", *cfg])
-    assert bad.exit_code == 2 and "tube" in bad.output
-    result = runner.invoke(app, ["device", "SN-1001", "--json", *cfg])
-    assert result.exit_code == 0, result.output
-    tube = json.loads(result.stdout)["tube"]
+    code, out, err = run_twin_cli("maintenance", "add", "SN-1001", "--kind", "tube", "--note", "new tube",
+                                  "--at", (now - timedelta(hours=6, minutes=30)).isoformat(), *cfg)
+    assert code == 0, err
+    assert "(tube)" in out
+    code, out, err = run_twin_cli("maintenance", "add", "SN-1001", "--kind", "tubes", "--note", "x", *cfg)
+    assert code == 2 and "tube" in out + err
+    code, out, err = run_twin_cli("device", "SN-1001", "--json", *cfg)
+    assert code == 0, err
+    tube = json.loads(out)["tube"]
     assert tube["exposures"] == 6 and tube["rated_life_hu"] == 1000000
     assert tube["used_fraction"] == pytest.approx(6 * heat_units(KVP, MAS, 1.35) / 1e6, rel=1e-3)
     assert set(tube) >= {"since", "exposures", "mas", "heat_units", "rated_life_hu", "used_fraction",
                          "rate_hu_per_day", "projected_replacement", "formula"}
-    plain = runner.invoke(app, ["device", "SN-1001", *cfg])
-    assert plain.exit_code == 0
-    assert f"tube: {tube['heat_units']:.0f} HU" in plain.stdout and "replacement projected" in plain.stdout
+    code, plain, _ = run_twin_cli("device", "SN-1001", *cfg)
+    assert code == 0
+    assert f"tube: {tube['heat_units']:.0f} HU" in plain and "replacement projected" in plain
 
 
 def test_an_older_database_gains_the_load_columns_filled_from_its_raw_rows(tmp_path: Path) -> None:

@@ -12,12 +12,8 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import typer
-from test_twin_signals import _ramp_log
-from twin_support import NOW, new_store
-from typer.testing import CliRunner
+from twin_support import NOW, new_store, ramp_log, run_twin_cli
 
-from dicom_node.cli.twin import register
 from twin.db import thread_local_connect
 from twin.health import Status, Thresholds
 from twin.store import TwinStore
@@ -35,7 +31,7 @@ def _dump_hash(db_file: Path) -> str:
 
 def test_replay_judges_each_day_from_the_rows_stored_up_to_it(tmp_path: Path) -> None:
     # tube housing 45 °C rising 0.3 °C/day over 40 days: 57 °C at NOW, its 60 °C warn limit 10 days on
-    _ramp_log(tmp_path / "side", "tube_housing_temperature", 45.0, 0.3)
+    ramp_log(tmp_path / "side", "tube_housing_temperature", 45.0, 0.3)
     store = new_store(tmp_path)
     store.ingest_sidecar(tmp_path / "side", settle_s=0)
     dev = store.find_device("SN-1001") or 0
@@ -54,7 +50,7 @@ def test_replay_judges_each_day_from_the_rows_stored_up_to_it(tmp_path: Path) ->
 
 
 def test_what_if_shows_earlier_and_new_alerts_and_changes_nothing(tmp_path: Path) -> None:
-    _ramp_log(tmp_path / "side", "tube_housing_temperature", 45.0, 0.3)
+    ramp_log(tmp_path / "side", "tube_housing_temperature", 45.0, 0.3)
     store = new_store(tmp_path)
     store.ingest_sidecar(tmp_path / "side", settle_s=0)
     dev = store.find_device("SN-1001") or 0
@@ -118,23 +114,18 @@ def site(tmp_path: Path) -> Path:
     now = datetime.now(UTC) - timedelta(minutes=5)
     (tmp_path / "var").mkdir()
     (tmp_path / "config.yaml").write_text("storage:\n  dir: ./var\n")
-    _ramp_log(tmp_path / "side", "generator_tank_temperature", 40.0, 0.3, end=now, serial="SN-RAMP")
-    _ramp_log(tmp_path / "side", "generator_tank_temperature", 40.0, 0.0, end=now, serial="SN-FLAT")
+    ramp_log(tmp_path / "side", "generator_tank_temperature", 40.0, 0.3, end=now, serial="SN-RAMP")
+    ramp_log(tmp_path / "side", "generator_tank_temperature", 40.0, 0.0, end=now, serial="SN-FLAT")
     TwinStore(thread_local_connect(tmp_path / "var" / "node.db")).ingest_sidecar(tmp_path / "side", settle_s=0)
     return tmp_path
 
 
-def _run(*args: str) -> tuple[int, str, str]:
-    app = typer.Typer()
-    register(app)
-    result = CliRunner().invoke(app, list(args))
-    return result.exit_code, result.stdout, result.stderr
 
 
 def test_what_if_command(site: Path) -> None:
     cfg = str(site / "config.yaml")
     before = _dump_hash(site / "var" / "node.db")
-    code, out, err = _run("device", "SN-RAMP", "--what-if", "signals.generator_tank_temperature.warn=,48",
+    code, out, err = run_twin_cli("device", "SN-RAMP", "--what-if", "signals.generator_tank_temperature.warn=,48",
                           "--what-if", "forecast_warn_days=21", "--since",
                           (datetime.now(UTC) - timedelta(days=30)).date().isoformat(), "--json", "--config", cfg)
     assert code == 0, err
@@ -143,11 +134,11 @@ def test_what_if_command(site: Path) -> None:
     assert result["days"] == 31 and result["overrides"]["forecast_warn_days"] == "21"
     assert rules["generator_tank_temperature"]["change"] == "would fire"
     assert rules["generator_tank_temperature_forecast"]["change"] in ("earlier", "same")
-    code, out, _ = _run("device", "SN-RAMP", "--what-if", "signals.generator_tank_temperature.warn=,48",
+    code, out, _ = run_twin_cli("device", "SN-RAMP", "--what-if", "signals.generator_tank_temperature.warn=,48",
                         "--config", cfg)
     assert code == 0 and "would fire" in out and "nothing was changed" in out
     assert "generator tank temperature" in out and "above 48 °C" in out
-    code, out, _ = _run("device", "SN-FLAT", "--what-if", "forecast_warn_days=30", "--json", "--config", cfg)
+    code, out, _ = run_twin_cli("device", "SN-FLAT", "--what-if", "forecast_warn_days=30", "--json", "--config", cfg)
     assert code == 0 and json.loads(out)["rules"] == []  # a stable device stays OK under both
     assert _dump_hash(site / "var" / "node.db") == before
 
@@ -165,7 +156,8 @@ def test_what_if_command(site: Path) -> None:
     ],
 )
 def test_what_if_command_errors_are_one_line(site: Path, args: list[str], code: int, words: str) -> None:
-    got, out, err = _run("device", "SN-RAMP", *args, "--config", str(site / "config.yaml"))
+    got, out, err = run_twin_cli("device", "SN-RAMP", *args, "--config", str(site / "config.yaml"))
     assert got == code and words in err and len(err.strip().splitlines()) == 1, err
-    got, _, err = _run("device", "SN-NONE", "--what-if", "temp_consecutive=3", "--config", str(site / "config.yaml"))
+    got, _, err = run_twin_cli("device", "SN-NONE", "--what-if", "temp_consecutive=3",
+                               "--config", str(site / "config.yaml"))
     assert got == 1 and "no device" in err

@@ -13,8 +13,11 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import typer
 from pydicom.dataset import Dataset
+from typer.testing import CliRunner
 
+from dicom_node.cli.twin import register
 from twin.db import thread_local_connect
 from twin.store import TwinStore
 
@@ -137,3 +140,34 @@ def write_jsonl(path: Path, events: Iterable[dict[str, Any] | str], mode: str = 
     with path.open(mode, encoding="utf-8") as fh:
         for e in events:
             fh.write((e if isinstance(e, str) else json.dumps(e)) + "\n")
+
+def ramp_log(
+    side: Path,
+    name: str,
+    start: float,
+    per_day: float,
+    end: datetime = NOW,
+    days: int = 40,
+    sigma: float = 0.5,
+    seed: int = 1,
+    serial: str = "SN-1001",
+) -> None:
+    """Telemetry of ``name`` every 4 h for ``days`` days up to ``end``: start + per_day·day + noise."""
+    rng = random.Random(seed)
+    t0 = end - timedelta(days=days)
+    events = []
+    t = t0
+    while t <= end:
+        day = (t - t0).total_seconds() / 86400
+        value = round(start + per_day * day + rng.gauss(0, sigma), 2)
+        events.append(event(t, "telemetry", serial=serial, values={name: value}))
+        t += timedelta(hours=4)
+    write_jsonl(side / f"{serial}-{name}.jsonl", events)
+
+
+def run_twin_cli(*args: str) -> tuple[int, str, str]:
+    """The twin's ``dicom-node`` commands (devices, device, maintenance) in-process: exit code, stdout, stderr."""
+    app = typer.Typer()
+    register(app)
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
