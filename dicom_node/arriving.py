@@ -68,8 +68,11 @@ class ArrivingFile:
         try:
             return self._fh.write(data)
         except OSError as exc:  # the disk filled up (ENOSPC) under a sender: no traceback, an abort
-            self._cut_off(f"instance could not be written while arriving ({exc.strerror})")
+            self._write_failed(exc)
             return len(data)
+
+    def _write_failed(self, exc: OSError) -> None:
+        self._cut_off(f"instance could not be written while arriving ({exc.strerror})")
 
     def _cut_off(self, reason: str) -> None:
         self.cut_off = True
@@ -77,8 +80,12 @@ class ArrivingFile:
         self._arrivals.refuse(self._assoc, self.written, reason)
 
     def flush(self) -> None:
-        if not self._fh.closed:
+        if self.cut_off or self._fh.closed:
+            return
+        try:  # the last bytes may still sit in the buffer: the disk can fill here, not in write()
             self._fh.flush()
+        except OSError as exc:
+            self._write_failed(exc)
 
     def close(self) -> None:
         self._fh.close()
