@@ -12,6 +12,7 @@ import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import SplitResult, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -192,21 +193,25 @@ _WEB_ONLY = ("token", "username", "password", "timeout_s", "max_request_mb")
 _HEADER_SAFE_RE = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no blank: safe in an HTTP header
 
 
+def _split_url(url: str) -> SplitResult | None:
+    """``url`` split (RFC 3986), or None when it does not parse or its port is out of range."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # a port out of range raises here
+    except ValueError:
+        return None
+    return parts
+
+
 def _check_dicomweb(dest: Destination, where: str) -> None:
     """The keys of a STOW-RS destination (PS3.18 §10.5): an http(s) base URL without credentials in
     it, at most one kind of credentials, TLS files only with https."""
-    from urllib.parse import urlsplit
-
     dimse = [k for k in ("ae_title", "host", "port") if getattr(dest, k) is not None]
     if dimse or dest.tls:
         raise ValueError(f"{where}: url and ae_title/host/port exclude each other"
                          if dimse else f"{where}: tls is for DIMSE; a DICOMweb destination uses TLS by an https url")
     assert dest.url is not None
-    try:
-        parts = urlsplit(dest.url)
-        _ = parts.port  # a port out of range raises here
-    except ValueError:
-        parts = None
+    parts = _split_url(dest.url)
     if parts is not None and (parts.username is not None or parts.password is not None):
         raise ValueError(f"{where}: url must not carry credentials; give username and password (or token)")
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
@@ -298,6 +303,7 @@ class TwinConfig(_Section):
     # AI watch (twin.ai_watch, docs/twin.md): each device's positive rate and score distribution
     # against its own baseline; a false WARN at most ai_alpha per daily look
     ai_baseline_n: int = Field(200, ge=10, le=100000)
+    ai_change_n: int = Field(800, ge=10, le=100000)
     ai_min_images: int = Field(50, ge=5, le=100000)
     ai_window_days: int = Field(7, ge=1, le=60)
     ai_alpha: float = Field(1e-4, gt=0, lt=1)
@@ -311,8 +317,8 @@ class TwinConfig(_Section):
             raise ValueError("twin.forecast_alert_days must not exceed twin.forecast_warn_days")
         if self.tube_warn_fraction > self.tube_alert_fraction:
             raise ValueError("twin.tube_warn_fraction must not exceed twin.tube_alert_fraction")
-        if self.ai_min_images > self.ai_baseline_n:
-            raise ValueError("twin.ai_min_images must not exceed twin.ai_baseline_n")
+        if self.ai_min_images > min(self.ai_baseline_n, self.ai_change_n):
+            raise ValueError("twin.ai_min_images must not exceed twin.ai_baseline_n or twin.ai_change_n")
         return self
 
     def thresholds(self) -> Thresholds:
@@ -332,7 +338,7 @@ class TwinConfig(_Section):
 #: twin settings that are fields of twin.health.Thresholds under the same name
 TWIN_THRESHOLD_KEYS = (
     "tube_rated_life", "tube_heat_unit_factor", "tube_rate_days", "tube_warn_fraction", "tube_alert_fraction",
-    "ai_baseline_n", "ai_min_images", "ai_window_days", "ai_alpha",
+    "ai_baseline_n", "ai_change_n", "ai_min_images", "ai_window_days", "ai_alpha",
 )
 
 
@@ -382,6 +388,9 @@ class DicomWebConfig(_Section):
     header_timeout_s: float = Field(10.0, gt=0, le=300)  # to send a request's headers (slowloris)
     request_timeout_s: float = Field(900.0, gt=0)  # to send a whole request and read its answer
     keepalive_timeout_s: int = Field(5, ge=1, le=300)
+    # The base URL clients use (a DNS name, a proxy in front): what `dicom-node results` and the admin
+    # console link to; else http(s)://host:port/dicom-web, this machine's name for a host of 0.0.0.0.
+    public_url: str | None = None
 
     @field_validator("allowed_hosts")
     @classmethod
@@ -399,6 +408,15 @@ class DicomWebConfig(_Section):
         if self.token is not None and (len(self.token) < ADMIN_TOKEN_MIN or not _TOKEN_RE.match(self.token)):
             raise ValueError(f"dicomweb.token must be {ADMIN_TOKEN_MIN} or more printable ASCII characters"
                              f" without blanks (got {len(self.token)}); leave it null for none")
+        if self.public_url is not None:  # here too, so that a URL with a password in it is not echoed
+            url = self.public_url.strip().rstrip("/")
+            parts = _split_url(url)
+            if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.query
+                    or parts.fragment or parts.username is not None or parts.password is not None):
+                raise ValueError("dicomweb.public_url must be http:// or https://HOST[:PORT]/PATH without query"
+                                 " or credentials, e.g. https://node.example.org/dicom-web")
+            if url != self.public_url:
+                self.public_url = url
         return self
 
 

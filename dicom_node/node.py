@@ -154,7 +154,9 @@ class Node:
         if self.dicomweb is not None:  # the second front door closes with the first, its requests finished
             self.dicomweb.stop()
         if self.scheduler.running:
-            self.scheduler.shutdown(wait=False)
+            # Wait for a twin job that is running: it uses its own store connection, which close()
+            # below must not pull from under it (a closed sqlite3 connection in use crashes the process).
+            self.scheduler.shutdown(wait=True)
         released = self.analysis.stop(grace_s) + self.delivery.stop(grace_s)
         if self._warm is not None:  # an interpreter must not exit while a thread is still importing torch
             self._warm.join(max(grace_s, 30.0))

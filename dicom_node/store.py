@@ -140,6 +140,15 @@ CREATE TABLE IF NOT EXISTS dicomweb_index (
     attributes TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dicomweb_index_study ON dicomweb_index (study_instance_uid, series_instance_uid);
+-- The objects a query found unreadable (gone, truncated, not DICOM), with the file's mtime and size
+-- then (NULL when missing): not read again until the file changes, so each is said once.
+CREATE TABLE IF NOT EXISTS dicomweb_unreadable (
+    sop_instance_uid TEXT PRIMARY KEY,
+    path TEXT NOT NULL,
+    mtime_ns INTEGER,
+    size INTEGER,
+    reason TEXT NOT NULL
+);
 """
 
 
@@ -280,13 +289,22 @@ class Store:
             conn.execute("COMMIT")
 
     def close(self) -> None:
+        """Close this thread's connection and those of ended threads.
+
+        A connection of another thread that is still alive stays open (closed when the process
+        ends): closing a sqlite3 connection while its thread is inside a query crashes the process.
+        """
+        me = threading.current_thread()
         with self._lock:
-            for _, conn in self._all:
+            kept = [(t, c) for t, c in self._all if t is not me and t.is_alive()]
+            for owner, conn in self._all:
+                if (owner, conn) in kept:
+                    continue
                 try:
                     conn.close()
                 except sqlite3.Error:
                     pass
-            self._all.clear()
+            self._all = kept
         self._local = threading.local()
 
     # -- meta ----------------------------------------------------------------------------------
@@ -619,23 +637,38 @@ class Store:
     # -- DICOMweb index (QIDO-RS) -----------------------------------------------------------------
 
     def unindexed(self, limit: int = 1000) -> list[dict[str, Any]]:
-        """Stored instances and results that have no ``dicomweb_index`` row yet: ``sop_instance_uid``,
-        ``path``, ``origin`` (``received`` or ``result``)."""
+        """Stored instances and results that have no ``dicomweb_index`` row yet and are not marked
+        unreadable: ``sop_instance_uid``, ``path``, ``origin`` (``received`` or ``result``)."""
+        not_yet = " AND ".join(f"NOT EXISTS (SELECT 1 FROM {table} x WHERE x.sop_instance_uid = {{t}}.sop_instance_uid)"
+                               for table in ("dicomweb_index", "dicomweb_unreadable"))
         return [dict(r) for r in self.conn().execute(
-            "SELECT sop_instance_uid, path, 'received' AS origin FROM instances i"
-            " WHERE NOT EXISTS (SELECT 1 FROM dicomweb_index x WHERE x.sop_instance_uid = i.sop_instance_uid)"
-            " UNION ALL SELECT sop_instance_uid, path, 'result' FROM results r"
-            " WHERE NOT EXISTS (SELECT 1 FROM dicomweb_index x WHERE x.sop_instance_uid = r.sop_instance_uid)"
+            f"SELECT sop_instance_uid, path, 'received' AS origin FROM instances i WHERE {not_yet.format(t='i')}"
+            f" UNION ALL SELECT sop_instance_uid, path, 'result' FROM results r WHERE {not_yet.format(t='r')}"
             " LIMIT ?", (limit,))]
 
-    def put_index(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Write index rows (idempotent: an instance indexed twice keeps one row)."""
+    def put_index(self, rows: Sequence[dict[str, Any]], unreadable: Sequence[dict[str, Any]] = ()) -> None:
+        """Write index rows (idempotent: an instance indexed twice keeps one row) and mark the
+        ``unreadable`` objects (``sop_instance_uid``, ``path``, ``mtime_ns``, ``size``, ``reason``)."""
         with self.transaction() as conn:
             conn.executemany(
                 "INSERT OR REPLACE INTO dicomweb_index (sop_instance_uid, study_instance_uid, series_instance_uid,"
                 " sop_class_uid, transfer_syntax_uid, path, origin, attributes) VALUES"
                 " (:sop_instance_uid, :study_instance_uid, :series_instance_uid, :sop_class_uid,"
                 " :transfer_syntax_uid, :path, :origin, :attributes)", rows)
+            conn.executemany(
+                "INSERT OR REPLACE INTO dicomweb_unreadable (sop_instance_uid, path, mtime_ns, size, reason)"
+                " VALUES (:sop_instance_uid, :path, :mtime_ns, :size, :reason)", unreadable)
+
+    def unreadable(self) -> list[dict[str, Any]]:
+        """The objects marked unreadable for the index, with their file's ``mtime_ns`` and ``size`` then."""
+        return [dict(r) for r in self.conn().execute(
+            "SELECT sop_instance_uid, path, mtime_ns, size FROM dicomweb_unreadable")]
+
+    def forget_unreadable(self, sop_instance_uids: Sequence[str]) -> None:
+        """Unmark objects (their file changed): the next query reads them again."""
+        with self.transaction() as conn:
+            conn.executemany("DELETE FROM dicomweb_unreadable WHERE sop_instance_uid = ?",
+                             [(u,) for u in sop_instance_uids])
 
     # -- audit ---------------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -59,17 +60,38 @@ def make_cr(rows: int, cols: int, rng: np.random.Generator) -> Dataset:
 
 
 def write_round(ds_list: list[Dataset], folder: Path) -> list[Path]:
-    """Give every image a fresh SOP Instance UID and write it; returns the files."""
+    """Give every image a fresh SOP Instance UID (and the round a fresh study) and write it; returns
+    the files. scripts/bench_dicomweb.py uses it too."""
     for f in folder.glob("*.dcm"):
         f.unlink()
+    study, series = generate_uid(), generate_uid()
     files = []
     for i, ds in enumerate(ds_list):
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.InstanceNumber = study, series, i + 1
         ds.SOPInstanceUID = generate_uid()
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         path = folder / f"{i:03d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         files.append(path)
     return files
+
+
+def alternate(names: list[str], rounds: int, datasets: list[Dataset], src: Path,
+              send_one: Callable[[str, list[Path]], float], *, quiet: bool) -> tuple[dict[str, list[float]], float]:
+    """Each round, a fresh copy of ``datasets`` to every receiver, the order reversed every other round
+    (so neither always goes first into a warm cache); ``send_one`` returns the seconds one took.
+    Returns the seconds per receiver and round, and the MB of a round. bench_dicomweb.py uses it too."""
+    times: dict[str, list[float]] = {k: [] for k in names}
+    mb = 0.0
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else list(reversed(names)):
+            files = write_round(datasets, src)
+            mb = sum(f.stat().st_size for f in files) / 1e6
+            times[name].append(send_one(name, files))
+        if not quiet:
+            print(f"round {r + 1}/{rounds}: " + ", ".join(f"{k} {mb / v[-1]:.0f} MB/s" for k, v in times.items()),
+                  file=sys.stderr)
+    return times, mb
 
 
 def send(port: int, aec: str, files: list[Path]) -> float:
@@ -112,17 +134,8 @@ def main() -> int:
             wait_port(bare_port, 30, bare)
             targets = {"dicom-node": (node.port, "DICOM_NODE"), "storescp": (scp_port, "STORESCP"),
                        "bare-pynetdicom": (bare_port, "BARE")}
-            times: dict[str, list[float]] = {k: [] for k in targets}
-            mb = 0.0
-            for r in range(args.rounds):
-                order = list(targets) if r % 2 == 0 else list(reversed(targets))
-                for name in order:
-                    files = write_round(datasets, src)
-                    mb = sum(f.stat().st_size for f in files) / 1e6
-                    times[name].append(send(*targets[name], files))
-                if not args.json:
-                    print(f"round {r + 1}/{args.rounds}: " + ", ".join(
-                        f"{k} {mb / v[-1]:.0f} MB/s" for k, v in times.items()), file=sys.stderr)
+            times, mb = alternate(list(targets), args.rounds, datasets, src,
+                                  lambda name, files: send(*targets[name], files), quiet=args.json)
             stored = node.status()["instances"]
         finally:
             node.stop()

@@ -93,6 +93,7 @@ def test_rsna_sample_results_arrive_in_orthanc_valid_and_referencing(
     # What the command shows for one study.
     study = str(pydicom.dcmread(rsna[0], stop_before_pixels=True).StudyInstanceUID)
     shown = json.loads(node.cli("results", study, "--json").stdout)
+    assert shown["dicomweb_url"] is None  # the DICOMweb listener is off: no link (on: tests/admin)
     [inst] = shown["instances"]
     assert inst["outcome"] == "analysed"
     assert {r["kind"] for r in inst["results"]} == {"sr", "gsps", "sc"}

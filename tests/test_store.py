@@ -99,6 +99,39 @@ def test_connections_of_ended_threads_are_closed(tmp_path: Path) -> None:
     store.close()
 
 
+_CLOSE_WHILE_QUERYING = """
+import sys, threading, time
+from dicom_node.store import Store
+store = Store(sys.argv[1])
+store.conn().executemany("INSERT INTO meta (key, value) VALUES (?, 'x')", [(f"k{i}",) for i in range(20000)])
+started, stop = threading.Event(), threading.Event()
+def query():
+    while not stop.is_set():
+        store.conn().execute("SELECT COUNT(*), MAX(a.key) FROM meta a").fetchone()
+        started.set()
+t = threading.Thread(target=query)
+t.start()
+started.wait(30)
+time.sleep(0.3)
+store.close()  # another thread's connection is inside a query right now
+time.sleep(0.3)
+stop.set()
+t.join()
+print("survived")
+"""
+
+
+def test_closing_the_store_while_another_thread_queries_does_not_crash_the_process(tmp_path: Path) -> None:
+    # A node that stopped while a twin job was querying died with SIGSEGV (CI, 2026-12-02): close()
+    # closed that thread's sqlite3 connection under it. Run in a child so a crash fails this test.
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", _CLOSE_WHILE_QUERYING, str(tmp_path / "node.db")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "survived" in res.stdout, (res.returncode, res.stderr[-2000:])
+
+
 
 def _old_database(path: Path, version: int, columns: str, row: str) -> None:
     """A database as schema ``version`` wrote it: its meta and its analyses table with one row."""

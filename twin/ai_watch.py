@@ -12,8 +12,11 @@ analysed images after the latest **reference point**: a configuration change (tw
 ``qc`` maintenance record (a person checked the images and accepts them), or the device's first
 image. Two comparisons, each by two tests:
 
-- **change**: at a configuration change, the images after it (up to ``ai_baseline_n``) against the
-  last ``ai_baseline_n`` before it, so a software update that changes what the model sees is named;
+- **change**: at a configuration change, the images after it against those before it (up to
+  ``ai_change_n`` on each side), so a software update that changes what the model sees is named. The
+  group after grows day by day until it holds ``ai_change_n``: a jump too small to show in the first
+  days is still caught later (the drift look cannot catch it: its baseline is the images after the
+  change);
 - **drift**: the images of the last ``ai_window_days`` complete days against the baseline.
 
 Tests: the positive rate by Fisher's exact test (two-sided, the 2 x 2 table of positive and negative
@@ -78,9 +81,14 @@ class AiHistory:
 
     as_of: datetime
     reference: Reference | None = None
-    before: Sequence[Outcome] = ()  # the last ai_baseline_n analysed images before the reference
+    before: Sequence[Outcome] = ()  # the last ai_change_n analysed images before the reference
     baseline: Sequence[Outcome] = ()  # the first ai_baseline_n analysed images after it
     recent: Sequence[Outcome] = ()  # those of the last ai_window_days days, after the baseline
+    after: Sequence[Outcome] = ()  # the first ai_change_n after it (empty: the baseline stands for them)
+
+    def changed(self) -> Sequence[Outcome]:
+        """The images after the reference that the change look compares with ``before``."""
+        return self.after or self.baseline
 
 
 # --- the tests ---------------------------------------------------------------------------------------
@@ -228,29 +236,33 @@ def last_complete_day(now: datetime) -> datetime:
 
 
 def ai_history(
-    db: sqlite_utils.Database, device_id: int, now: datetime, baseline_n: int, window_days: int
+    db: sqlite_utils.Database, device_id: int, now: datetime, baseline_n: int, window_days: int,
+    change_n: int = 0,
 ) -> AiHistory:
     """The reference point, the images just before it, the baseline after it and the recent window,
-    as of the end of the last complete UTC day before ``now``."""
+    as of the end of the last complete UTC day before ``now`` (``change_n``: how many on each side of
+    a configuration change the change look compares; at least ``baseline_n``)."""
     as_of = last_complete_day(now)
     changes = config_changes(db, device_id, as_of)
     ref = reference_point(db, device_id, changes, as_of)
     start = iso(ref.at) if ref else ""
     n = max(int(baseline_n), 1)
+    m = max(int(change_n), n)
     before = (
         list(reversed(_outcomes(db, ANALYSED + "AND at < ? ORDER BY at DESC, sop_instance_uid DESC LIMIT ?",
-                                [device_id, start, n])))
+                                [device_id, start, m])))
         if ref
         else []
     )
-    baseline = _outcomes(db, ANALYSED + "AND at >= ? AND at < ? ORDER BY at, sop_instance_uid LIMIT ?",
-                         [device_id, start, iso(as_of), n])
+    after = _outcomes(db, ANALYSED + "AND at >= ? AND at < ? ORDER BY at, sop_instance_uid LIMIT ?",
+                      [device_id, start, iso(as_of), m if ref and ref.config_change else n])
+    baseline = after[:n]
     recent: list[Outcome] = []
     if len(baseline) >= n:
         window = max(iso(baseline[-1].at), iso(as_of - timedelta(days=window_days)))
         recent = _outcomes(db, ANALYSED + "AND at > ? AND at < ? ORDER BY at, sop_instance_uid",
                            [device_id, window, iso(as_of)])
-    return AiHistory(as_of, ref, before, baseline, recent)
+    return AiHistory(as_of, ref, before, baseline, recent, after)
 
 
 def kept_outcomes_sql(limit: int) -> str:

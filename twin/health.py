@@ -145,6 +145,7 @@ class Thresholds:
     # AI watch (twin.ai_watch): baseline of the first ai_baseline_n analysed images after the last
     # configuration change or qc record; looks need ai_min_images per group; false WARN <= ai_alpha per look
     ai_baseline_n: int = 200
+    ai_change_n: int = 800  # images on each side of a configuration change that its look compares
     ai_min_images: int = 50
     ai_window_days: int = 7
     ai_alpha: float = 1e-4
@@ -752,8 +753,8 @@ def ai_rule(h: DeviceHistory, th: Thresholds) -> Finding:
         return Finding("ai_shift", Status.OK, "no analysed images before today")
     need, ref = max(th.ai_min_images, 1), ai.reference
     looks: list[tuple[str, Sequence[Outcome], Sequence[Outcome]]] = []
-    if ref is not None and ref.config_change and len(ai.before) >= need and len(ai.baseline) >= need:
-        looks.append(("change", ai.before, ai.baseline))
+    if ref is not None and ref.config_change and len(ai.before) >= need and len(ai.changed()) >= need:
+        looks.append(("change", ai.before, ai.changed()))
     if len(ai.baseline) >= th.ai_baseline_n and len(ai.recent) >= need:
         looks.append(("drift", ai.baseline, ai.recent))
     if not looks:
@@ -762,10 +763,14 @@ def ai_rule(h: DeviceHistory, th: Thresholds) -> Finding:
             f"learning the AI baseline ({len(ai.baseline)}/{th.ai_baseline_n} images since {_since_words(ref)})",
         )
     level = th.ai_alpha / (2 * len(looks))
+    calm: list[str] = []
     for kind, a, b in looks:
         c = compare(a, b)
         rate, scores = c.shifted(level)
         if not (rate or scores):
+            after, before = ((f"since {_since_words(ref)}", "before") if kind == "change"
+                             else ("lately", "in the baseline"))
+            calm.append(f"{c.rate_b:.0%} of {c.n_b} images {after} vs {c.rate_a:.0%} of {c.n_a} {before}")
             continue
         why = _shift_words(c, rate, scores, level)
         what = f"AI positive rate {c.rate_a:.0%} -> {c.rate_b:.0%}" if rate else "AI score distribution shifted"
@@ -779,7 +784,7 @@ def ai_rule(h: DeviceHistory, th: Thresholds) -> Finding:
         )
         return Finding("ai_shift", Status.WARN, text, b[0].at)
     text = (
-        f"AI positive rate {c.rate_b:.0%} ({c.n_b} images) vs {c.rate_a:.0%} ({c.n_a}): within chance "
+        f"AI positive rate {'; '.join(calm)}: within chance "
         f"(Fisher exact and Kolmogorov-Smirnov, false WARN <= {th.ai_alpha:g} a daily look)"
     )
     return Finding("ai_shift", Status.OK, text)

@@ -119,7 +119,7 @@ def history(db: sqlite_utils.Database, device_id: int, now: datetime, th: Thresh
     span_days = min(30.0, max(1.0, (now - first_seen).total_seconds() / 86400)) if first_seen else 30.0
     return DeviceHistory(
         tube=tube(db, device_id, now, th, first_seen),
-        ai=ai_history(db, device_id, now, th.ai_baseline_n, th.ai_window_days),
+        ai=ai_history(db, device_id, now, th.ai_baseline_n, th.ai_window_days, th.ai_change_n),
         first_seen=first_seen,
         last_acquisition=last_at,
         deviation_indices=[(from_iso(r["at"]), r["deviation_index"]) for r in di],  # type: ignore[misc]

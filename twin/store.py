@@ -631,7 +631,7 @@ class TwinStore:
             after = report.rebaseline_point(db, dev["id"], now) or ""
             keep = report.baseline_instances_sql(self.thresholds.baseline_n)
             ref = ai_watch.reference_point(db, dev["id"], ai_watch.config_changes(db, dev["id"], now), now)
-            keep_ai = ai_watch.kept_outcomes_sql(self.thresholds.ai_baseline_n)
+            keep_ai = ai_watch.kept_outcomes_sql(max(self.thresholds.ai_baseline_n, self.thresholds.ai_change_n))
             with writing(db):
                 cur = db.execute(
                     f"DELETE FROM twin_acquisitions WHERE device_id = :device AND at < :cutoff "

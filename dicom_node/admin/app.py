@@ -28,6 +28,7 @@ from dicom_node.admin.metrics import AdminCollector, build_registry
 from dicom_node.admin.overview import overview
 from dicom_node.admin.thumbnails import ThumbnailCache
 from dicom_node.config import Config
+from dicom_node.dicomweb import study_url
 from dicom_node.status import node_status
 from dicom_node.store import JOB_STATES, Store
 from twin.store import TwinStore
@@ -96,12 +97,14 @@ def create_app(node: AdminNode, http_counters: dict[str, int] | None = None) -> 
         except KeyError:
             raise HTTPException(404, f"no device {ref!r}") from None
 
-    @app.get("/api/studies/{study_uid}", tags=["api"], summary="A study's images, findings and deliveries")
+    @app.get("/api/studies/{study_uid}", tags=["api"],
+             summary="What `dicom-node results --json` prints: a study's images, findings, deliveries, DICOMweb URL")
     def api_study(study_uid: str) -> dict[str, Any]:
         study = node.store.study(study_uid)
         if not study:
             raise HTTPException(404, f"no instance of study {study_uid} is stored")
-        return {"study_instance_uid": study_uid, "instances": study}
+        return {"study_instance_uid": study_uid, "dicomweb_url": study_url(node.cfg.dicomweb, study_uid),
+                "instances": study}
 
     @app.get("/api/jobs", tags=["api"], summary="Jobs, newest first, by state and kind")
     def api_jobs(state: str | None = Query(None, description=f"one of {', '.join(JOB_STATES)}"),
@@ -135,6 +138,7 @@ def create_app(node: AdminNode, http_counters: dict[str, int] | None = None) -> 
         if not instances:
             return render(request, "missing.html", 404, what=f"no instance of study {study_uid} is stored")
         return render(request, "study.html", study_uid=study_uid, instances=instances,
+                      dicomweb_url=study_url(node.cfg.dicomweb, study_uid),
                       overlays={i["sop_instance_uid"] for i in instances
                                 if any(r["kind"] == "sc" for r in i["results"])})
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from dicom_node.admin import queries
 from dicom_node.admin.metrics import HEALTH_STATUSES, active_associations
+from dicom_node.dicomweb import study_url
 from dicom_node.status import node_status
 from twin import report
 from twin.db import rows, utcnow
@@ -30,7 +31,8 @@ def device_rows(twin: Any, db: Any, now: datetime | None = None) -> list[dict[st
 
 
 def overview(node: Any, started_at: float, *, studies: int = 10, associations: int = 8) -> dict[str, Any]:
-    """Node status, queue, destinations, recent studies and associations, and the devices (worst first)."""
+    """Node status, queue, destinations, recent studies (each with its DICOMweb URL, None when the listener
+    is off) and associations, and the devices (worst first)."""
     store = node.store
     status = node_status(node.cfg, store)
     devices = sorted(device_rows(node.twin, store.db()),
@@ -42,13 +44,16 @@ def overview(node: Any, started_at: float, *, studies: int = 10, associations: i
     for d in status["destinations"]:
         d["deliveries"] = by_destination.get(d["name"], {})
     queue = status["jobs"]
+    studies_shown = queries.recent_studies(store, studies, thumbs=1)
+    for study in studies_shown:
+        study["dicomweb_url"] = study_url(node.cfg.dicomweb, study["study_instance_uid"])
     return {
         "status": status,
         "counters": dict(node.receiver.counters),
         "active_associations": active_associations(node),
         "association_outcomes": queries.association_outcomes(store),
         "associations": queries.recent_associations(store, associations),
-        "studies": queries.recent_studies(store, studies, thumbs=1),
+        "studies": studies_shown,
         "study_count": queries.study_count(store),
         "devices": devices,
         "health": {s: health.get(s, 0) for s in HEALTH_STATUSES},

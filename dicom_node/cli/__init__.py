@@ -173,7 +173,9 @@ def results(
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Each image of a study: its analysis, findings, what was assumed, and which result went where."""
+    """Each image of a study: its analysis, findings, what was assumed, and which result went where;
+    with DICOMweb on, the study's URL (WADO-RS, PS3.18 §10.4)."""
+    from dicom_node.dicomweb import study_url
     from dicom_node.store import Store
 
     cfg = get_config(config)
@@ -184,9 +186,12 @@ def results(
         store.close()
     if not study:
         raise fail(f"no instance of study {study_uid} is stored", code=1)
+    url = study_url(cfg.dicomweb, study_uid)
     if as_json:
-        print_json({"study_instance_uid": study_uid, "instances": study})
+        print_json({"study_instance_uid": study_uid, "dicomweb_url": url, "instances": study})
         return
+    if url is not None:
+        console.print(f"DICOMweb {url}", highlight=False, markup=False, soft_wrap=True)
     for inst in study:
         outcome = inst["outcome"] or "queued"
         console.print(f"[bold]{inst['sop_instance_uid']}[/] {inst['modality'] or ''} — {outcome}"

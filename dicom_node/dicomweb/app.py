@@ -21,7 +21,7 @@ from starlette.requests import ClientDisconnect
 
 from dicom_node import __version__
 from dicom_node.config import Config
-from dicom_node.dicomweb import index, qido, wado
+from dicom_node.dicomweb import PREFIX, index, qido, wado
 from dicom_node.dicomweb.access import access_middleware, refusal
 from dicom_node.dicomweb.errors import Refusal
 from dicom_node.dicomweb.multipart import DICOM, PartWriter, related_boundary
@@ -40,8 +40,10 @@ from dicom_node.ingest import Ingest
 from dicom_node.spool import is_valid_uid
 from dicom_node.store import Store
 
-PREFIX = "/dicom-web"
 log = logging.getLogger("dicom_node.dicomweb")
+
+#: STOW-RS body bytes gathered before a worker thread parses and writes them (256 KiB a request)
+FEED_BYTES = 2**18
 
 
 class WebNode(Protocol):
@@ -99,8 +101,16 @@ def create_app(node: WebNode) -> FastAPI:
         results: list[PartResult] = []
         try:
             try:
+                # Parsed and written on a worker thread, FEED_BYTES at a time: a slow disk under one upload
+                # must not stall the event loop that serves every other DICOMweb request.
+                pending = bytearray()
                 async for chunk in request.stream():
-                    writer.feed(chunk)
+                    pending += chunk
+                    if len(pending) >= FEED_BYTES or not chunk:
+                        await run(writer.feed, bytes(pending))
+                        pending.clear()
+                if pending:
+                    await run(writer.feed, bytes(pending))
             except ClientDisconnect:
                 raise Refusal(400, "the client went away before the body ended") from None
             parts = writer.finish()

@@ -4,13 +4,16 @@ The ``dicomweb_index`` table (dicom_node.store) holds each object's UIDs, transf
 the attributes a query matches on (PS3.18 Table 10.6.1-5) plus the ones a search answer returns
 (Table 10.6.3-3 to -5). A row is written the first time a query finds an object without one, from the
 file's header (:func:`dicom_node.ingest.read_header`, bulk data left on disk): the C-STORE and
-STOW-RS paths and the result builders stay as they are, and the files remain the truth.
+STOW-RS paths and the result builders stay as they are, and the files remain the truth. An object
+whose file cannot be read is marked in ``dicomweb_unreadable`` with the file's mtime and size, said
+once in the log, and read again only once its file has changed.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from typing import Any
 
@@ -32,27 +35,46 @@ _refreshing = threading.Lock()
 
 
 def refresh(store: Store) -> int:
-    """Index every stored instance and result that has no row yet; returns how many were added."""
+    """Index every stored instance and result that has no row yet; returns how many were added.
+
+    One that cannot be read is marked with its file's mtime and size and said once in the log; it is
+    not opened again until its file changes (replaced, restored), then it is read again.
+    """
     added = 0
     with _refreshing:  # one thread reads the new headers; the others then find them indexed
+        changed = [m["sop_instance_uid"] for m in store.unreadable()
+                   if _stat(m["path"]) != (m["mtime_ns"], m["size"])]
+        if changed:
+            store.forget_unreadable(changed)
         while batch := store.unindexed():
-            rows = [row for item in batch if (row := _row(item)) is not None]
-            if not rows:
-                break
-            store.put_index(rows)
+            rows, unreadable = [], []
+            for item in batch:
+                mtime_ns, size = _stat(item["path"])  # before the read: a file replaced meanwhile is read again
+                try:
+                    ds = read_header(item["path"])
+                except Exception as exc:  # gone from the outbox, unreadable: not searchable until its file changes
+                    log.warning("object not indexed for DICOMweb", extra={
+                        "sop_instance_uid": item["sop_instance_uid"], "reason": type(exc).__name__})
+                    unreadable.append({"sop_instance_uid": item["sop_instance_uid"], "path": str(item["path"]),
+                                       "mtime_ns": mtime_ns, "size": size, "reason": type(exc).__name__})
+                    continue
+                rows.append(_row(item, ds))
+            store.put_index(rows, unreadable)
             added += len(rows)
-            if len(rows) < len(batch):
-                break  # the unreadable ones would come back in the next batch
     return added
 
 
-def _row(item: dict[str, Any]) -> dict[str, Any] | None:
+def _stat(path: str) -> tuple[int | None, int | None]:
+    """The file's (mtime in ns, size), or (None, None) when it is gone."""
     try:
-        ds = read_header(item["path"])
-    except Exception as exc:  # gone from the outbox, unreadable: not searchable, said once per query
-        log.warning("object not indexed for DICOMweb", extra={"sop_instance_uid": item["sop_instance_uid"],
-                                                              "reason": type(exc).__name__})
-        return None
+        st = os.stat(path)
+    except OSError:
+        return None, None
+    return st.st_mtime_ns, st.st_size
+
+
+def _row(item: dict[str, Any], ds: Dataset) -> dict[str, Any]:
+    """The index row of ``item`` (an :meth:`Store.unindexed` row) from its file's header ``ds``."""
     return {
         "sop_instance_uid": item["sop_instance_uid"],
         "study_instance_uid": str(ds.get("StudyInstanceUID", "")),

@@ -18,7 +18,8 @@ import uvicorn
 
 from dicom_node.admin.limits import GuardedH11, descriptor_budget
 from dicom_node.admin.server import AdminServer, _bind
-from dicom_node.dicomweb.app import PREFIX, WebNode, create_app
+from dicom_node.dicomweb import PREFIX
+from dicom_node.dicomweb.app import WebNode, create_app
 
 log = logging.getLogger("dicom_node.dicomweb")
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import ssl
 import time
 import uuid
@@ -285,11 +286,18 @@ def _peer_reason(answer: bytes) -> str | None:
     return line[:200] or None
 
 
+_VERIFY_FAILED_RE = re.compile(r"certificate verify failed: ([^(]+)")  # OpenSSL's reason, before "(_ssl.c:N)"
+
+
 def transport_error(exc: BaseException) -> str:
-    """A one-line name for a failure before any HTTP answer: refused, timed out, TLS, reset."""
+    """A one-line name for a failure before any HTTP answer: refused, timed out, TLS (a peer
+    certificate that does not verify against ``tls_ca`` said so), reset."""
     text = " ".join(str(exc).split())[:200]
     if isinstance(exc, httpx.TimeoutException):
         return f"timed out ({type(exc).__name__})"
+    untrusted = _VERIFY_FAILED_RE.search(text)
+    if untrusted:
+        return f"TLS failed: the peer's certificate is not trusted ({untrusted.group(1).strip()}; check tls_ca)"
     if isinstance(exc, ssl.SSLError) or "SSL" in text or "CERTIFICATE" in text.upper():
         return f"TLS failed: {text}"
     if isinstance(exc, httpx.ConnectError):

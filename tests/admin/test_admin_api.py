@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from admin_support import FedNode
+from admin_support import Dom, FedNode
 
 
 def test_healthz_and_openapi_are_served(fed_node: FedNode) -> None:
@@ -57,6 +57,14 @@ def test_study_with_findings_and_results(fed_node: FedNode) -> None:
             found += len(inst["findings"])
     assert found > 0, "the model found no opacity in any RSNA image"
     assert fed_node.get("/api/studies/1.2.3.4.5.6.7.8.9").status_code == 404
+    # The DICOMweb listener is off: no URL anywhere, no dead link (on: test_admin_dicomweb_links.py)
+    uid = fed_node.rsna_studies[0]
+    assert fed_node.json(f"/api/studies/{uid}")["dicomweb_url"] is None
+    assert json.loads(fed_node.node.cli("results", uid, "--json").stdout)["dicomweb_url"] is None
+    assert "DICOMweb" not in fed_node.node.cli("results", uid).stdout
+    for page in (f"/studies/{uid}", "/"):
+        html = fed_node.get(page).text
+        assert "dicom-web" not in html and not Dom(html).find("a", class_="dicomweb"), page
 
 
 def test_jobs_filtered_by_state_and_kind(fed_node: FedNode) -> None:

@@ -2,6 +2,7 @@
 analyses it and delivers each radiograph's SR, GSPS and SC to Orthanc through Orthanc's DICOMweb
 plugin (STOW-RS out); QIDO-RS finds each study with our results in it, WADO-RS returns every result
 byte for byte as the outbox holds it, and Orthanc, as a DICOMweb client, pushes a study to the node.
+A result file that cannot be read is left out of the answers and said once, not at every query.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import httpx
 import pydicom
 from dicomweb_client.api import DICOMwebClient
 from dicomweb_support import (
+    DICOM_JSON,
     assert_results_in_orthanc,
     delivered_once,
     multipart_parts,
@@ -19,6 +21,7 @@ from dicomweb_support import (
     orthanc_rest,
     outbox_files,
     query,
+    stow,
     wait_deliveries,
 )
 from pydicom.uid import generate_uid
@@ -84,3 +87,28 @@ def test_rsna_by_stow_rs_in_results_by_stow_rs_out_qido_wado_and_orthanc_pushing
         assert Path(rows[0][0]).read_bytes() == orthanc_rest(pacs, f"/instances/{made['ID']}/file")
     finally:
         pacs.stop()
+
+
+def test_an_unreadable_result_is_said_once_and_read_again_once_its_file_is_back(
+        node_factory: type[NodeProcess], rsna: list[Path]) -> None:
+    node = node_factory(dicomweb={"enabled": True}).start()
+    assert stow(node, [rsna[0].read_bytes()]).status_code == 200
+    wait_for("the three results", lambda: len(outbox_files(node)) == 3, 600)
+    [(sc_uid, sc_path)] = [(uid, path) for uid, (kind, path) in outbox_files(node).items() if kind == "sc"]
+    good = sc_path.read_bytes()
+    sc_path.write_bytes(b"not a DICOM file")  # a disk error, an operator's slip
+    study = str(pydicom.dcmread(rsna[0], stop_before_pixels=True).StudyInstanceUID)
+    source_class = str(pydicom.dcmread(rsna[0], stop_before_pixels=True).SOPClassUID)
+
+    def classes() -> list[str]:
+        rsp = httpx.get(f"{node.dicomweb_url}/studies/{study}/instances", headers={"Accept": DICOM_JSON}, timeout=60)
+        assert rsp.status_code == 200, rsp.text
+        return sorted(i["00080016"]["Value"][0] for i in rsp.json())
+
+    # Two queries: both answer with the readable objects; the unreadable one is said once in the log
+    assert classes() == classes() == sorted([source_class, SR, GSPS])
+    said = [ln for ln in node.cli("logs", "--json").stdout.splitlines() if "object not indexed for DICOMweb" in ln]
+    assert len(said) == 1 and sc_uid in said[0], said
+    # Its file restored: the next query reads it again and finds it
+    sc_path.write_bytes(good)
+    assert classes() == sorted([source_class, SR, GSPS, SC])

@@ -3,10 +3,11 @@
 The destination is Orthanc with its DICOMweb plugin (Debian ``orthanc-dicomweb``), checked through
 Orthanc's REST API: every radiograph's SR, GSPS and SC arrive once, byte for byte as the outbox holds
 them. Orthanc also plays the peer that is down (stopped, then started on the same ports), the peer
-whose storage is full (it answers 200 and stores nothing), the peer that wants a password (401) and
-the HTTPS peer. Failures that Orthanc never answers (a FailedSOPSequence with a reason, a 409, a 413
-that splits a batch) come from a small HTTP server in this file that reads each multipart part with
-pydicom and answers a real Store Instances Response over a real socket.
+whose storage is full (it answers 200 and stores nothing) and the peer that wants a password (401).
+The HTTPS peer is a second dicom-node whose DICOMweb listener wants a client certificate (Debian's
+Orthanc 1.10 never answers over TLS). Failures that Orthanc never answers (a FailedSOPSequence with a
+reason, a 409, a 413 that splits a batch) come from a small HTTP server in this file that reads each
+multipart part with pydicom and answers a real Store Instances Response over a real socket.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import base64
 import io
 import json
 import re
+import ssl
 import subprocess
 import sys
 import threading
@@ -25,6 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pydicom
 import pytest
 import yaml
@@ -33,12 +36,15 @@ from dicomweb_support import (
     delivered_once,
     deliveries_json,
     delivery_states,
+    held,
+    multipart_parts,
     orthanc_instances,
     orthanc_rest,
     outbox_files,
     query,
     wait_deliveries,
 )
+from test_tls import PKI, pki  # noqa: F401  (the fixture: a CA, server, client and stranger certificates)
 
 from dicom_node.testing import (
     NodeProcess,
@@ -295,8 +301,8 @@ WRONG = "wrong-horse-battery-staple"
 
 def test_credentials_deliver_and_a_wrong_password_parks_at_once(
         node_factory: type[NodeProcess], tmp_path: Path, dcmtk: None, rsna: list[Path]) -> None:
-    """Orthanc with authentication (HTTP Basic). HTTPS to Orthanc is not tested: Debian's Orthanc
-    1.10.1 completes the TLS handshake and then closes every connection without an answer."""
+    """Orthanc with authentication (HTTP Basic). HTTPS is tested against a second node (below): Debian's
+    Orthanc 1.10.1 completes the TLS handshake and then closes every connection without an answer."""
     why = missing_orthanc_dicomweb()
     require(why is None, why or "")
     pacs = OrthancProcess(tmp_path / "secure", dicomweb=True, options={
@@ -325,6 +331,45 @@ def test_credentials_deliver_and_a_wrong_password_parks_at_once(
         assert not [text for text in shown if PASSWORD in text or WRONG in text]
     finally:
         pacs.stop()
+
+
+def test_results_arrive_over_https_with_a_client_certificate_and_a_wrong_ca_is_not_trusted(
+        node_factory: type[NodeProcess], pki: PKI, dcmtk: None, rsna: list[Path]) -> None:  # noqa: F811
+    """The destination is a second node whose listener is HTTPS and requires a client certificate of
+    our CA; it takes chest images only, so the SC goes there. A destination that trusts another CA
+    parks its delivery, saying the certificate is not trusted."""
+    receiver = node_factory("receiver", worker={"threads": 0}, dicomweb={"enabled": True, "tls": {
+        "certificate": str(pki.server_cert), "key": str(pki.server_key), "ca": str(pki.ca)}}).start()
+    url = receiver.dicomweb_url
+    assert url.startswith("https://")
+    ours = {"kinds": ["sc"], "tls_certificate": str(pki.client_cert), "tls_key": str(pki.client_key)}
+    node = node_factory(destinations=[
+        {"name": "node-https", "url": url, "tls_ca": str(pki.ca), **ours},
+        {"name": "wrong-ca", "url": url, "tls_ca": str(pki.ca.with_name("other-ca.pem")), **ours},
+    ], delivery={**FAST_RETRY, "max_attempts": 2}).start()
+    assert storescu(node.port, rsna[:1]).returncode == 0
+    wait_deliveries(node, {("node-https", "delivered"): 1, ("wrong-ca", "failed"): 1})
+
+    # The receiver holds the SC, byte for byte as the outbox has it (WADO-RS on it, over HTTPS)
+    [(sc_uid, sc_path)] = [(uid, path) for uid, (kind, path) in outbox_files(node).items() if kind == "sc"]
+    assert held(receiver)[0] == {sc_uid}
+    study = str(pydicom.dcmread(rsna[0], stop_before_pixels=True).StudyInstanceUID)
+    ctx = ssl.create_default_context(cafile=str(pki.ca))
+    ctx.load_cert_chain(str(pki.client_cert), str(pki.client_key))
+    with httpx.Client(verify=ctx, timeout=60) as https:
+        rsp = https.get(f"{url}/studies/{study}", headers={"Accept": 'multipart/related; type="application/dicom"'})
+    assert rsp.status_code == 200, rsp.text
+    assert [data for _type, data in multipart_parts(rsp)] == [sc_path.read_bytes()]
+
+    # The wrong CA: the delivery tried, then parked, saying why; the probe says the same
+    untrusted = "TLS failed: the peer's certificate is not trusted"
+    [parked] = deliveries_json(node)["parked"]
+    assert (parked["destination"], parked["result_uid"], parked["attempts"]) == ("wrong-ca", sc_uid, 2)
+    assert parked["error"].startswith(untrusted) and "check tls_ca" in parked["error"], parked
+    assert untrusted in " ".join(node.cli("deliveries").stdout.split())  # as read
+    [echo] = wait_for("the wrong-ca probe", lambda: [d for d in node.status()["destinations"]
+                                                     if d["name"] == "wrong-ca" and d["last_echo_at"]])
+    assert echo["last_echo_ok"] == 0 and echo["last_echo_error"].startswith(untrusted), echo
 
 
 # --- configuration errors ---------------------------------------------------------------------------

@@ -4,7 +4,9 @@ Run: ``.venv/bin/python tests/twin/measure_health.py [--seeds N]``; it prints th
 that docs/twin.md quotes. It drives the rule functions of twin.health directly with synthetic
 devices (the same models as scripts/simulate_modality.py: DI normal around a device mean drawn
 from U(-0.5, 0.5); faults Poisson per day; acquisitions at random times), so a run takes minutes,
-not hours. Not collected by pytest (no ``test_`` prefix).
+not hours. The ``tube`` group builds twin.tube.TubeWear from synthetic daily loads and the ``ai``
+group slices synthetic outcome streams as twin.ai_watch.ai_history does, so neither needs a database.
+Not collected by pytest (no ``test_`` prefix).
 """
 
 from __future__ import annotations
@@ -24,10 +26,13 @@ from types import ModuleType
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from dicom_node.testing import load_script  # noqa: E402
+from twin.ai_watch import AiHistory, Outcome, Reference  # noqa: E402
 from twin.health import (  # noqa: E402
     DeviceHistory,
+    Finding,
     Status,
     Thresholds,
+    ai_rule,
     count_rule,
     di_levels,
     ewma_chart,
@@ -35,8 +40,10 @@ from twin.health import (  # noqa: E402
     forecast_rule,
     range_rule,
     silence_rule,
+    tube_rule,
 )
 from twin.signals import Signal, daily_medians  # noqa: E402
+from twin.tube import Load, TubeWear  # noqa: E402
 
 TH = Thresholds()
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -370,10 +377,266 @@ def arc_tables(m: int) -> None:
         print(f"| {label} | {med:.1f} | {p90:.1f} | {alert_med:.1f} |")
 
 
+# --- tube wear: the tube_life rule ---------------------------------------------------------------------
+
+TUBE_FACTOR = 1.35  # high-frequency generator, the default twin.tube_heat_unit_factor
+
+
+def tube_daily_load(rng: random.Random, days: int, day_sd: float, weekend: float, rise: float) -> list[float]:
+    """kVp x mAs per UTC day in arbitrary units: lognormal day-to-day variation (``day_sd`` of the log),
+    Saturdays and Sundays at ``weekend`` of a weekday, use growing linearly by ``rise`` (0.5: +50%)
+    over ``days``. T0 is a Wednesday."""
+    out = []
+    for d in range(days):
+        weekday = (T0 + timedelta(days=d)).weekday()
+        scale = (weekend if weekday >= 5 else 1.0) * (1.0 + rise * d / days)
+        out.append(scale * rng.lognormvariate(-day_sd * day_sd / 2, day_sd))
+    return out
+
+
+def tube_levels(kvp_mas: list[float], rated_hu: float,
+                exposures_per_unit: float = 40.0) -> list[tuple[int, float | None]]:
+    """tube_life at 23:59 of each day: (rank, projected replacement day counted from T0, or None).
+    The load runs from a ``tube`` record at T0 00:00; the recent window is the last
+    ``tube_rate_days`` whole days (the days since T0 while fewer), as twin.tube.tube_wear sums them."""
+    out = []
+    cum = [0.0]
+    for x in kvp_mas:
+        cum.append(cum[-1] + x)
+    rate_days = int(TH.tube_rate_days)
+    for d in range(len(kvp_mas)):
+        now = T0 + timedelta(days=d + 1, minutes=-1)
+        first = max(0, d + 1 - rate_days)
+        window_days = max(1.0, (now - max(T0, now - timedelta(days=TH.tube_rate_days))).total_seconds() / 86400)
+        total, recent = cum[d + 1], cum[d + 1] - cum[first]
+        n_total, n_recent = round(total * exposures_per_unit) or 1, round(recent * exposures_per_unit) or 1
+        wear = TubeWear(since=T0, total=Load(n_total, n_total, 0.0, total),
+                        recent=Load(n_recent, n_recent, 0.0, recent), window_days=window_days,
+                        factor=TUBE_FACTOR, rated_life_hu=rated_hu)
+        rank = tube_rule(DeviceHistory(first_seen=T0 - timedelta(days=400), tube=wear), now, TH).status.rank
+        projected = wear.projected_replacement(now)
+        out.append((rank, (projected - T0).total_seconds() / 86400 if projected else None))
+    return out
+
+
+def tube_false_alarms(devices: int, days: int = 365) -> tuple[float, float, float]:
+    """Ordinary use: the tube starts the year at U(0, 0.3) of its rated life and uses U(0.1, 0.4) of it
+    a year (lognormal day-to-day variation σ 0.3, weekends at 20%). (devices with any WARN, with any
+    ALERT, highest used fraction reached)."""
+    warn = alert = 0
+    top = 0.0
+    for s in range(devices):
+        rng = random.Random(f"tfa:{s}")
+        load = tube_daily_load(rng, days, 0.3, 0.2, 0.0)
+        start, per_year = rng.uniform(0.0, 0.3), rng.uniform(0.1, 0.4)
+        rated = TUBE_FACTOR * sum(load) / per_year
+        # the load before the year: one day of it on T0 (the window then averages it with the next days)
+        load[0] += start * rated / TUBE_FACTOR
+        levels = [r for r, _ in tube_levels(load, rated)]
+        warn += any(x >= 1 for x in levels)
+        alert += any(x >= 2 for x in levels)
+        top = max(top, TUBE_FACTOR * sum(load) / rated)
+    return warn / devices, alert / devices, top
+
+
+def tube_lead(devices: int, day_sd: float, weekend: float, rise: float) -> dict[str, float]:
+    """Heavy use from a new tube, the rated life reached on day L ~ U(200, 300): days from the first
+    WARN and the first ALERT to day L, and the replacement date projected at the first WARN minus the
+    true one (days)."""
+    warn: list[float] = []
+    alert: list[float] = []
+    err: list[float] = []
+    err_alert: list[float] = []
+    for s in range(devices):
+        rng = random.Random(f"tld:{day_sd}:{weekend}:{rise}:{s}")
+        life_day = rng.randint(200, 300)
+        load = tube_daily_load(rng, life_day + 20, day_sd, weekend, rise)
+        # rated life = the load up to the middle of day L: the life runs out on day L
+        rated = TUBE_FACTOR * (sum(load[:life_day]) + load[life_day] / 2)
+        truth = life_day + 0.5
+        levels = tube_levels(load, rated)
+        for lvl, lead, proj in ((1, warn, err), (2, alert, err_alert)):
+            first = next((d for d, (r, _) in enumerate(levels) if r >= lvl), None)
+            if first is None:
+                lead.append(-99.0)
+                continue
+            lead.append(truth - (first + 1))  # judged at the end of day ``first``
+            p = levels[first][1]
+            proj.append((p - truth) if p is not None else 99.0)
+    return {"warn_median": statistics.median(warn), "warn_p10": _pct(warn, 0.1), "warn_p90": _pct(warn, 0.9),
+            "alert_median": statistics.median(alert), "alert_p10": _pct(alert, 0.1),
+            "err_abs_median": statistics.median(abs(e) for e in err), "err_abs_p90": _pct([abs(e) for e in err], 0.9),
+            "err_median": statistics.median(err),
+            "err_alert_abs_median": statistics.median(abs(e) for e in err_alert)}
+
+
+def tube_tables(m: int) -> None:
+    w, a, top = tube_false_alarms(m)
+    print(f"\n## tube wear: tube_life rule ({m} devices per row, judged daily; warn at "
+          f"{TH.tube_warn_fraction:g}, alert at {TH.tube_alert_fraction:g} of the rated life)\n")
+    print("| stable: ordinary use, one year | devices with any WARN | with any ALERT | highest used fraction |")
+    print("|---|---|---|---|")
+    print(f"| starts at U(0, 0.3) of the life, uses U(0.1, 0.4) a year | {w:.1%} | {a:.1%} | {top:.2f} |")
+    print("\n| heavy use, life reached on day U(200, 300) | WARN lead: median | 90% at least | 90th pct | "
+          "ALERT lead: median | 90% at least | date projected at the WARN: median error | median abs error | "
+          "90th pct abs | at the ALERT: median abs |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for label, day_sd, weekend, rise in (
+        ("steady, day σ 0.3, weekends 20%", 0.3, 0.2, 0.0),
+        ("steady, day σ 0.6, weekends 20%", 0.6, 0.2, 0.0),
+        ("use rising +50% over the run", 0.3, 0.2, 0.5),
+        ("use rising +100% over the run", 0.3, 0.2, 1.0),
+    ):
+        r = tube_lead(m, day_sd, weekend, rise)
+        print(f"| {label} | {r['warn_median']:.1f} d | {r['warn_p10']:.1f} d | {r['warn_p90']:.1f} d | "
+              f"{r['alert_median']:.1f} d | {r['alert_p10']:.1f} d | {r['err_median']:+.1f} d | "
+              f"{r['err_abs_median']:.1f} d | {r['err_abs_p90']:.1f} d | {r['err_alert_abs_median']:.1f} d |")
+
+
+# --- AI watch: the ai_shift rule -------------------------------------------------------------------------
+
+AI_THRESHOLD = 0.4  # operating threshold of the score model below
+
+
+def ai_score(rng: random.Random, positive: bool, shifted: bool = False) -> float:
+    """The image-level score of tests/twin/test_twin_ai.py: positives U(0.45, 0.95); negatives 30% with
+    no box (score 0), else U(0.02, 0.38). ``shifted``: the same positives, but negatives 10% with no
+    box, else U(0.10, 0.38) (software that draws more faint boxes, the positive rate unchanged)."""
+    if positive:
+        return round(rng.uniform(0.45, 0.95), 3)
+    if shifted:
+        return 0.0 if rng.random() < 0.1 else round(rng.uniform(0.10, 0.38), 3)
+    return 0.0 if rng.random() < 0.3 else round(rng.uniform(0.02, 0.38), 3)
+
+
+def ai_stream(rng: random.Random, days: int, per_day: int, rate: float, change_day: int | None = None,
+              rate_after: float | None = None, shift: bool = False) -> tuple[list[Outcome], datetime | None]:
+    """``per_day`` analysed images a day at random times between 07:00 and 19:00; from a random time of
+    ``change_day`` on the positive rate is ``rate_after`` and, with ``shift``, the scores shifted."""
+    change_at = None if change_day is None else T0 + timedelta(days=change_day, hours=rng.uniform(7, 19))
+    out = []
+    for d in range(days):
+        for at in sorted(T0 + timedelta(days=d, hours=rng.uniform(7, 19)) for _ in range(per_day)):
+            after = change_at is not None and at >= change_at
+            p = rate_after if after and rate_after is not None else rate
+            positive = rng.random() < p
+            out.append(Outcome(at, ai_score(rng, positive, after and shift), positive))
+    return out, change_at
+
+
+def ai_look(stream: list[Outcome], times: list[datetime], as_of: datetime, ref: Reference | None) -> Finding:
+    """ai_rule at ``as_of`` (the end of a complete day), the groups sliced as twin.ai_watch.ai_history
+    slices them from the database."""
+    n = max(int(TH.ai_baseline_n), 1)
+    m = max(int(TH.ai_change_n), n)
+    end = bisect.bisect_left(times, as_of)  # at < as_of
+    if ref is not None and ref.at < as_of:
+        start = bisect.bisect_left(times, ref.at)  # at >= ref.at
+        before = stream[max(0, start - m) : start]
+    else:
+        ref, start, before = None, 0, []
+    after = stream[start : min(end, start + (m if ref is not None and ref.config_change else n))]
+    baseline = after[:n]
+    recent: list[Outcome] = []
+    if len(baseline) >= n:
+        window = max(baseline[-1].at, as_of - timedelta(days=TH.ai_window_days))
+        recent = stream[bisect.bisect_right(times, window) : end]
+    return ai_rule(DeviceHistory(ai=AiHistory(as_of, ref, before, baseline, recent, after)), TH)
+
+
+def ai_false_alarms(devices: int, rate: float, per_day: int = 30, days: int = 365,
+                    update_day: int | None = None) -> tuple[float, float]:
+    """Stable devices, one look a day for a year after the ``ai_window_days`` + baseline start; with
+    ``update_day``, a software update there that changes nothing. (share of devices with any false WARN,
+    WARN episodes per device-year)."""
+    warned = episodes = 0
+    start = -(-TH.ai_baseline_n // per_day) + TH.ai_window_days  # days to fill the baseline and a window
+    for s in range(devices):
+        rng = random.Random(f"aifa:{rate}:{per_day}:{update_day}:{s}")
+        stream, change_at = ai_stream(rng, start + days, per_day, rate, update_day, rate)
+        times = [o.at for o in stream]
+        ref = Reference(change_at, "software 4.3.0", True) if change_at else None
+        levels = [ai_look(stream, times, T0 + timedelta(days=d), ref).status.rank
+                  for d in range(start + 1, start + days + 1)]
+        warned += any(levels)
+        episodes += _episodes(levels)
+    return warned / devices, episodes / (devices * days / 365)
+
+
+def ai_delay(devices: int, rate: float, rate_after: float, shift: bool, update: bool,
+             per_day: int = 30, after_days: int = 60) -> dict[str, float]:
+    """A change on day 60 (a software update, or none: the same change without a configuration
+    change): days from the change to the first WARN, judged once a day; share detected within 7 and
+    30 days; share of WARNs that name the update."""
+    change_day = 60
+    delays: list[float] = []
+    named = 0
+    for s in range(devices):
+        rng = random.Random(f"aidl:{rate}:{rate_after}:{shift}:{update}:{s}")
+        stream, change_at = ai_stream(rng, change_day + after_days, per_day, rate, change_day, rate_after, shift)
+        assert change_at is not None
+        times = [o.at for o in stream]
+        ref = Reference(change_at, "software 4.3.0", True) if update else None
+        found = None
+        for d in range(change_day + 1, change_day + after_days + 1):
+            as_of = T0 + timedelta(days=d)
+            f = ai_look(stream, times, as_of, ref)
+            if f.status is Status.WARN:
+                found = (as_of - change_at).total_seconds() / 86400
+                named += "software 4.3.0" in f.reason and " images after, " in f.reason
+                break
+        delays.append(found if found is not None else 10**6)
+    hit = [d for d in delays if d < 10**6]
+    return {"median": statistics.median(delays), "p90": _pct(delays, 0.9),
+            "within7": sum(d <= 7 for d in delays) / devices, "within30": sum(d <= 30 for d in delays) / devices,
+            "named": named / len(hit) if hit else 0.0, "detected": len(hit) / devices}
+
+
+def _days(x: float) -> str:
+    return "never" if x >= 10**6 else f"{x:.1f}"
+
+
+def ai_tables(m: int) -> None:
+    global TH
+    per_day = 30
+    print(f"\n## AI watch: ai_shift rule ({per_day} analysed images a day, one look a day; ai_alpha "
+          f"{TH.ai_alpha:g}, baseline {TH.ai_baseline_n}, change look {TH.ai_change_n} a side, "
+          f"window {TH.ai_window_days} days)\n")
+    print("| stable, one year | ai_alpha | devices | devices with any false WARN | WARN episodes per device-year "
+          "| union bound 365 x ai_alpha |")
+    print("|---|---|---|---|---|---|")
+    default = TH
+    for alpha, devices in ((default.ai_alpha, m), (10 * default.ai_alpha, max(20, m // 2)),
+                           (100 * default.ai_alpha, max(20, m // 2))):
+        TH = replace(default, ai_alpha=alpha)
+        for rate, update in ((0.05, None), (0.05, 120), (0.2, None)):
+            w, ep = ai_false_alarms(devices, rate, per_day, update_day=update)
+            what = f"positive rate {rate:.0%}" + (", a software update on day 120 that changes nothing" if update
+                                                  else "")
+            print(f"| {what} | {alpha:g} | {devices} | {w:.1%} | {ep:.3f} | {min(1.0, 365 * alpha):.1%} |")
+    TH = default
+    print(f"\n| change on day 60 ({m} devices per row) | days to WARN: median | 90th pct | within 7 days | "
+          "within 30 days | within 60 days | WARNs that name the update |")
+    print("|---|---|---|---|---|---|---|")
+    for label, rate, after, shift, update in (
+        ("software update, positive rate 4% -> 19%", 0.04, 0.19, False, True),
+        ("software update, positive rate 5% -> 10%", 0.05, 0.10, False, True),
+        ("software update, scores shifted, positive rate 5% kept", 0.05, 0.05, True, True),
+        ("no configuration change, positive rate 4% -> 19%", 0.04, 0.19, False, False),
+        ("no configuration change, positive rate 5% -> 10%", 0.05, 0.10, False, False),
+        ("no configuration change, scores shifted, 5% kept", 0.05, 0.05, True, False),
+    ):
+        r = ai_delay(m, rate, after, shift, update, per_day)
+        named = f"{r['named']:.0%}" if update else "(none to name)"
+        print(f"| {label} | {_days(r['median'])} | {_days(r['p90'])} | {r['within7']:.0%} | {r['within30']:.0%} | "
+              f"{r['detected']:.0%} | {named} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=1000)
-    ap.add_argument("--only", choices=("ei", "faults", "silence", "signals", "arcs"), help="measure one group of rules")
+    ap.add_argument("--only", choices=("ei", "faults", "silence", "signals", "arcs", "tube", "ai"),
+                    help="measure one group of rules")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override a Thresholds field")
     args = ap.parse_args()
     global TH
@@ -393,6 +656,10 @@ def main() -> None:
         signal_tables(max(20, n // 20))
     if args.only in (None, "arcs"):
         arc_tables(max(20, n // 10))
+    if args.only in (None, "tube"):
+        tube_tables(max(20, n // 5))
+    if args.only in (None, "ai"):
+        ai_tables(max(20, n // 10))
     print(f"\n(measured in {time.time() - started:.0f} s)")
 
 

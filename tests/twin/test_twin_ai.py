@@ -81,6 +81,23 @@ def test_positive_rate_jump_after_a_software_update_is_named(tmp_path: Path) -> 
     assert after_qc.status is Status.OK and "learning the AI baseline (0/200" in after_qc.reason
 
 
+def test_a_jump_too_small_for_the_first_days_after_an_update_is_caught_as_images_gather(tmp_path: Path) -> None:
+    """4% -> 11% at an update: 4 days after it (100 images against the 600 before, Fisher p 0.01)
+    within chance; 24 days after (600 against 600, p 5e-6) named. The change look's group after the
+    update grows to ai_change_n; before, it stopped at ai_baseline_n and the jump went unseen for good
+    in about 1 device of 5 at 4% -> 19% (tests/twin/measure_health.py --only ai, 2026-12-02)."""
+    store = new_store(tmp_path)
+    update = TODAY - timedelta(days=24)
+    dev = _stream(store, 1, days=48, per_day=25, rate_before=0.04, rate_after=0.11, seed=3, change_at=update)
+    early = _ai(store, dev, update + timedelta(days=4, hours=1))
+    assert early.status is Status.OK and "since software 4.3.0" in early.reason, early.reason
+    late = _ai(store, dev)
+    assert late.status is Status.WARN, late.reason
+    assert late.reason.startswith(
+        f"AI positive rate 4% -> 11% since software 4.3.0 ({update.date().isoformat()}): 600 images after, 600 before"
+    ), late.reason
+
+
 def test_device_json_ai_contract_and_daily_counts(tmp_path: Path) -> None:
     store = new_store(tmp_path)
     dev = _stream(store, 3, days=14, per_day=50, rate_before=0.04, rate_after=0.19, seed=3)
@@ -135,13 +152,14 @@ def test_outcomes_are_idempotent_skips_counted_and_bad_values_refused(tmp_path: 
 
 def test_retention_keeps_the_ai_baseline_and_the_images_before_the_change(tmp_path: Path) -> None:
     store = new_store(tmp_path)
-    dev = _stream(store, 6, days=14, per_day=50, rate_before=0.04, rate_after=0.19, seed=6)
+    # 40 days of 30 images: 1080 before the update, of which the last ai_change_n (800) are kept
+    dev = _stream(store, 6, days=40, per_day=30, rate_before=0.04, rate_after=0.19, seed=6)
     before = store.health(dev, NOW)
     deleted = store.apply_retention(2, now=NOW)
-    assert deleted["ai_outcomes"] > 0
+    assert deleted["ai_outcomes"] == 1080 - Thresholds().ai_change_n
     after = store.health(dev, NOW)
     assert [f for f in after.findings if f.rule == "ai_shift"] == [f for f in before.findings if f.rule == "ai_shift"]
-    assert len(store.device(dev, NOW)["ai"]["daily"]) == 14  # the rollups stay
+    assert len(store.device(dev, NOW)["ai"]["daily"]) == 40  # the rollups stay
 
 
 # --- the tests' false-alarm rate ----------------------------------------------------------------------
