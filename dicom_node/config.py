@@ -51,6 +51,11 @@ class TLSConfig(_Section):
     ca: Path | None = None
 
 
+#: what a node can do: take C-STORE and STOW-RS, run the detector, send results, run the cluster-wide
+#: schedules (twin intake and health, retention, peer echo), serve the admin console
+NODE_ROLES = ("receive", "analyse", "deliver", "schedule", "admin")
+
+
 class NodeConfig(_Section):
     ae_title: str = "DICOM_NODE"
     host: str = "0.0.0.0"
@@ -65,11 +70,22 @@ class NodeConfig(_Section):
     max_pending_connections: int = Field(64, ge=1, le=4096)
     max_pending_per_host: int = Field(8, ge=1, le=4096)
     tls: TLSConfig | None = None
+    # What this process does (docs/cluster.md): several nodes on one database share the work by role
+    roles: list[str] = Field(default_factory=lambda: list(NODE_ROLES))
 
     @field_validator("ae_title")
     @classmethod
     def _ae(cls, v: str) -> str:
         return _check_ae_title(v)
+
+    @field_validator("roles")
+    @classmethod
+    def _roles(cls, v: list[str]) -> list[str]:
+        unknown = [r for r in v if r not in NODE_ROLES]
+        if unknown or not v or len(set(v)) != len(v):
+            raise ValueError(f"a non-empty list of distinct roles out of {', '.join(NODE_ROLES)}"
+                             + (f" (not {', '.join(map(repr, unknown))})" if unknown else ""))
+        return v
 
     @field_validator("host")
     @classmethod

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -26,6 +28,7 @@ from dicom_node.results import NodeIdentity
 from dicom_node.scp import Receiver
 from dicom_node.spool import Spool
 from dicom_node.store import Store
+from dicom_node.store.nodes import BEAT_S
 from dicom_node.storelock import StorageLock
 from dicom_node.worker import Analysis, StepFn, WorkerPool
 from models import SHIPPED_WEIGHTS
@@ -46,8 +49,10 @@ class Node:
 
     def __init__(self, cfg: Config, *, steps: Sequence[StepFn] | None = None) -> None:
         self.cfg = cfg
+        roles = set(cfg.node.roles)
+        analyse_threads = cfg.worker.threads if "analyse" in roles else 0
         weights = cfg.model.weights or SHIPPED_WEIGHTS
-        if cfg.worker.threads > 0 and not weights.is_file():  # a receive-only node needs no model
+        if analyse_threads > 0 and not weights.is_file():  # a receive-only node needs no model
             raise ValueError(f"model.weights: no such file {weights}")
         cfg.storage.dir.mkdir(parents=True, exist_ok=True)
         self.lock = StorageLock(cfg.storage.dir / "node.lock")  # one node per storage folder
@@ -72,18 +77,19 @@ class Node:
         self.results = next((s for s in steps if isinstance(s, ResultsStep)), None)
         self.analysis = WorkerPool(
             self.store, "analyse", ["analyse"], Analysis(self.store, list(steps)),
-            threads=cfg.worker.threads, batch_size=cfg.worker.batch_size, lease_s=cfg.worker.lease_s,
+            threads=analyse_threads, batch_size=cfg.worker.batch_size, lease_s=cfg.worker.lease_s,
         )
         self.delivery = WorkerPool(
             self.store, "deliver", ["deliver"], Delivery(cfg, self.store),
-            threads=1 if cfg.destinations else 0, batch_size=16, lease_s=cfg.delivery.lease_s,
+            threads=1 if cfg.destinations and "deliver" in roles else 0, batch_size=16, lease_s=cfg.delivery.lease_s,
         )
         if self.results is not None and self.results.on_queued is None:
             self.results.on_queued = self.delivery.wake  # results go out when queued, not a poll later
         self.scheduler = BackgroundScheduler(timezone="UTC")
-        twin_jobs.register(self.scheduler, self.twin, cfg.twin.sidecar_dir, cfg.twin.sidecar_poll_s,
-                           cfg.twin.evaluate_every_s, cfg.twin.retention_days)
-        if cfg.destinations:
+        if "schedule" in roles:
+            twin_jobs.register(self.scheduler, self.twin, cfg.twin.sidecar_dir, cfg.twin.sidecar_poll_s,
+                               cfg.twin.evaluate_every_s, cfg.twin.retention_days)
+        if cfg.destinations and "schedule" in roles:
             self.scheduler.add_job(echo_destinations, "interval", args=(cfg, self.store), id="peer-echo",
                                    seconds=PEER_ECHO_EVERY_S, max_instances=1, coalesce=True,
                                    next_run_time=_now())
@@ -94,29 +100,32 @@ class Node:
             max_attempts=cfg.worker.max_attempts,
             on_stored=self.analysis.wake,
         )
-        self.receiver = Receiver(cfg, self.store, self.ingest)
+        self.receiver = Receiver(cfg, self.store, self.ingest) if "receive" in roles else None
         self.admin: AdminServer | None = None
-        if cfg.admin.enabled:
+        if cfg.admin.enabled and "admin" in roles:
             from dicom_node.admin import AdminServer  # FastAPI and uvicorn load only when the console is on
 
             self.admin = AdminServer(self)
         self.dicomweb: DicomWebServer | None = None
-        if cfg.dicomweb.enabled:
+        if cfg.dicomweb.enabled and "receive" in roles:  # STOW-RS is a second front door
             from dicom_node.dicomweb.server import DicomWebServer  # loads FastAPI when DICOMweb is on
 
             self.dicomweb = DicomWebServer(self)
         self.address: tuple[str, int] | None = None
         self._stopped = threading.Event()
         self._warm: threading.Thread | None = None
+        self.node_id = f"{socket.gethostname()}:{os.getpid()}"
+        self._beat = threading.Thread(target=self._beat_loop, name="node-beat", daemon=True)
 
     def start(self) -> None:
-        warm = self.detect is not None and self.cfg.worker.threads > 0
+        warm = self.detect is not None and self.analysis.threads > 0
         state = "loading" if warm else "not used"  # said before the receiver listens: status is never stale
         self.store.set_meta("model_state", json.dumps({"state": state, "since": time.time()}))
         self.analysis.start()
         self.delivery.start()
         try:  # each listener's OSError names its own address
-            self.address = self.receiver.start()
+            if self.receiver is not None:
+                self.address = self.receiver.start()
             if self.admin is not None:
                 self.admin.start()
             if self.dicomweb is not None:
@@ -129,9 +138,25 @@ class Node:
             self._warm = threading.Thread(target=self._warm_up, name="model-warm", daemon=True)
             self._warm.start()
         self.scheduler.start()
-        log.info("node serving", extra={"ae_title": self.cfg.node.ae_title, "host": self.address[0],
-                                        "port": self.address[1], "storage": str(self.cfg.storage.dir),
+        self._started_at = time.time()
+        self._beat_once()  # listed by status before the first beat interval ends
+        self._beat.start()
+        host, port = self.address or (None, None)
+        log.info("node serving", extra={"ae_title": self.cfg.node.ae_title, "host": host, "port": port,
+                                        "roles": self.cfg.node.roles, "storage": str(self.cfg.storage.dir),
                                         "version": __version__})
+
+    def _beat_once(self) -> None:
+        self.store.beat(self.node_id, host=socket.gethostname(), pid=os.getpid(), ae_title=self.cfg.node.ae_title,
+                        roles=self.cfg.node.roles, version=__version__, started_at=self._started_at)
+
+    def _beat_loop(self) -> None:
+        """Every BEAT_S, this process's row in ``nodes`` (dicom-node status lists every node)."""
+        while not self._stopped.wait(BEAT_S):
+            try:
+                self._beat_once()
+            except Exception:  # a locked or briefly unreachable database: the next beat tries again
+                log.warning("node heartbeat not recorded; trying again", exc_info=True)
 
     def _warm_up(self) -> None:
         """Warm the result builders, then load and warm the model, one after the other.
@@ -150,7 +175,7 @@ class Node:
         if self._stopped.is_set():
             return
         self._stopped.set()
-        aborted = self.receiver.stop(grace_s)
+        aborted = self.receiver.stop(grace_s) if self.receiver is not None else 0
         if self.dicomweb is not None:  # the second front door closes with the first, its requests finished
             self.dicomweb.stop()
         if self.scheduler.running:
@@ -162,6 +187,9 @@ class Node:
             self._warm.join(max(grace_s, 30.0))
         if self.admin is not None:
             self.admin.stop()
+        if self._beat.ident is not None:  # started: it ends at _stopped; the row says stopped, not gone
+            self._beat.join(BEAT_S + 1.0)
+            self.store.node_stopped(self.node_id)
         log.info("node stopped", extra={"associations_aborted": aborted, "jobs_released": released})
         self.store.set_meta("model_state", json.dumps({"state": "stopped", "since": time.time()}))
         self.store.close()

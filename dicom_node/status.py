@@ -10,7 +10,8 @@ from dicom_node.store import Store
 
 
 def node_status(cfg: Config, store: Store | None = None) -> dict[str, Any]:
-    """Instances stored, jobs by state and kind, and each destination's last echo and delivery.
+    """Instances stored, jobs by state and kind, each destination's last echo and delivery, and every
+    node process on this database with its roles and last heartbeat (``nodes``).
 
     Reads the database, so it works from another process while the node serves.
     """
@@ -20,11 +21,13 @@ def node_status(cfg: Config, store: Store | None = None) -> dict[str, Any]:
         data = st.status()
         model_state = st.meta("model_state")
         peers = {r["name"]: dict(r) for r in st.conn().execute("SELECT * FROM peer_status")}
+        data["nodes"] = st.nodes()
     finally:
         if own:
             st.close()
     data["model"] = json.loads(model_state) if model_state else {"state": "unknown"}
-    data["node"] = {"ae_title": cfg.node.ae_title, "port": cfg.node.port, "storage": str(cfg.storage.dir)}
+    data["node"] = {"ae_title": cfg.node.ae_title, "port": cfg.node.port, "storage": str(cfg.storage.dir),
+                    "roles": list(cfg.node.roles)}
     data["destinations"] = [
         {
             "name": d.name,

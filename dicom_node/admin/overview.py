@@ -49,7 +49,7 @@ def overview(node: Any, started_at: float, *, studies: int = 10, associations: i
         study["dicomweb_url"] = study_url(node.cfg.dicomweb, study["study_instance_uid"])
     return {
         "status": status,
-        "counters": dict(node.receiver.counters),
+        "counters": dict(node.receiver.counters) if node.receiver is not None else {},
         "active_associations": active_associations(node),
         "association_outcomes": queries.association_outcomes(store),
         "associations": queries.recent_associations(store, associations),

@@ -159,6 +159,13 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
         table.add_row(kind, *(str(counts[s]) for s in data["jobs"]))
     table.add_row("[bold]all[/]", *(f"[bold]{n}[/]" for n in data["jobs"].values()))
     console.print(table)
+    if data["nodes"]:
+        nt = Table("node", "roles", "state", "started", "last seen")
+        for n in data["nodes"]:
+            state = {"alive": "[green]alive[/]", "gone": "[red]gone[/]"}.get(n["state"], n["state"])
+            nt.add_row(escape(n["id"]), ", ".join(n["roles"]), state, _stamp(n["started_at"]),
+                       _stamp(n["last_seen_at"]))
+        console.print(nt)
     if data.get("destinations"):
         dt = Table("destination", "address", "last echo", "last delivery")
         for d in data["destinations"]:
@@ -250,13 +257,19 @@ def deliveries(
         console.print(f"{requeued} parked deliveries queued again")
 
 
-def _when(at: float | None, ok: int | None) -> str:
+def _stamp(at: float | None) -> str:
+    """A Unix time as local ``YYYY-MM-DD HH:MM:SS`` (``-`` when none)."""
     if at is None:
         return "-"
     import datetime as dt
 
-    stamp = dt.datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M:%S")
-    return f"[green]ok[/] {stamp}" if ok else f"[red]failed[/] {stamp}"
+    return dt.datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _when(at: float | None, ok: int | None) -> str:
+    if at is None:
+        return "-"
+    return f"[green]ok[/] {_stamp(at)}" if ok else f"[red]failed[/] {_stamp(at)}"
 
 
 def _mount() -> None:

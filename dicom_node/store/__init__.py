@@ -7,7 +7,7 @@ which is what lets the receiver answer Success only after the commit ("nothing l
 
 One module per thing held: :mod:`.schema` (tables, migrations), :mod:`.connections`, :mod:`.meta`,
 :mod:`.instances`, :mod:`.jobs` (the queue), :mod:`.results`, :mod:`.deliveries`, :mod:`.audit`,
-:mod:`.webindex`. :class:`Store` is all of them over one set of connections.
+:mod:`.webindex`, :mod:`.nodes` (heartbeats). :class:`Store` is all of them over one set of connections.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from dicom_node.store.deliveries import Deliveries
 from dicom_node.store.instances import InstanceRow, Instances
 from dicom_node.store.jobs import JOB_STATES, Job, JobQueue
 from dicom_node.store.meta import Meta
+from dicom_node.store.nodes import Nodes
 from dicom_node.store.results import Results
 from dicom_node.store.schema import SCHEMA_VERSION
 from dicom_node.store.webindex import WebIndex
@@ -26,7 +27,7 @@ from dicom_node.store.webindex import WebIndex
 __all__ = ["JOB_STATES", "SCHEMA_VERSION", "InstanceRow", "Job", "Store"]
 
 
-class Store(Meta, Instances, JobQueue, Results, Deliveries, WebIndex, AuditLog):
+class Store(Meta, Instances, JobQueue, Results, Deliveries, WebIndex, AuditLog, Nodes):
     """The node's database, one fluent object: each table's queries come from its module."""
 
     def status(self) -> dict[str, Any]:

@@ -108,6 +108,18 @@ CREATE TABLE IF NOT EXISTS audit (
     detail TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
+-- Every node process on this database (docs/cluster.md): its roles, and when it last beat.
+CREATE TABLE IF NOT EXISTS nodes (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    ae_title TEXT,
+    roles TEXT NOT NULL,
+    version TEXT,
+    started_at REAL NOT NULL,
+    last_seen_at REAL NOT NULL,
+    stopped_at REAL
+);
 -- What QIDO-RS matches on (PS3.18 §10.6), one row per stored instance or result, read from its
 -- header by dicom_node.dicomweb.index the first time a query finds it missing: a cache of the files,
 -- which stay the truth. Holds patient attributes, as the files do; they are never logged.
