@@ -15,7 +15,7 @@ setup: $(VENV)/.setup-stamp  ## build .venv (pinned), install Detectron2 and the
 run: $(VENV)/.setup-stamp  ## serve on config.yaml (SQLite, local spool, shipped demo model)
 	$(VENV)/bin/dicom-node serve --config $(CONFIG)
 
-test: setup  ## the whole suite, against real peers (DCMTK, dciodvfy, Orthanc, Chromium)
+test: setup  ## the whole suite, against real peers (DCMTK, dciodvfy, Orthanc, Chromium, PostgreSQL, HAProxy)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint:

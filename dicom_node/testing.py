@@ -1,4 +1,4 @@
-"""Real processes for tests, benchmarks and the demo: the node, DCMTK tools, Orthanc.
+"""Real processes for tests, benchmarks and the demo: the node, DCMTK tools, Orthanc, PostgreSQL, HAProxy.
 
 Nothing here mocks the network: each helper starts a real program on a loopback port of its own
 and stops it by PID. Used by ``tests/`` and ``scripts/``.
@@ -6,14 +6,18 @@ and stops it by PID. Used by ``tests/`` and ``scripts/``.
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import json
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -373,3 +377,316 @@ class OrthancProcess:
         with urllib.request.urlopen(req, timeout=120, context=self._ssl()) as rsp:
             answer = rsp.read()
         return json.loads(answer) if answer[:1] in (b"{", b"[") else answer
+
+
+def postgres_tool(name: str) -> str | None:
+    """A PostgreSQL server program (``initdb``, ``postgres``): on PATH, else in Debian's
+    /usr/lib/postgresql/VERSION/bin, which the ``postgresql`` package keeps off PATH (newest first)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    versions = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
+                      key=lambda p: [int(x) if x.isdigit() else 0 for x in Path(p).parts[-3].split(".")])
+    return versions[-1] if versions else None
+
+
+def missing_postgres() -> str | None:
+    """Why a PostgreSQL server cannot be started here (a reason to skip, or to fail in CI), or None."""
+    gone = [n for n in ("initdb", "postgres") if postgres_tool(n) is None]
+    if gone:
+        return f"PostgreSQL's {', '.join(gone)} not found (Debian package postgresql)"
+    if os.geteuid() == 0 and not (_has_user("postgres") and shutil.which("setpriv")):
+        return "running as root, but no postgres system user (or setpriv) to run PostgreSQL as"
+    return None
+
+
+def missing_haproxy() -> str | None:
+    """Why HAProxy cannot run here, or None."""
+    return None if _haproxy() else "haproxy not found (Debian package haproxy)"
+
+
+def _haproxy() -> str | None:
+    return shutil.which("haproxy") or next((p for p in ("/usr/sbin/haproxy",) if os.access(p, os.X_OK)), None)
+
+
+def _has_user(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
+
+
+def _stop_pid(proc: subprocess.Popen[bytes], first: int, timeout_s: float) -> int:
+    """Signal ``proc`` with ``first``, wait; SIGKILL when it outlives ``timeout_s``. Its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(first)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return int(proc.returncode)
+
+
+@dataclass
+class PostgresProcess:
+    """A real PostgreSQL server of its own: a fresh cluster (``initdb``) in a temporary folder, on a free
+    port of 127.0.0.1 only, password login (scram-sha-256), ``fsync`` and ``synchronous_commit`` on as
+    in production. ``root`` keeps its log (``postgres.log``).
+
+    The cluster lives in a folder of the system's temp dir, not under ``root``: as root (CI) the server
+    must run as the ``postgres`` system user, which cannot enter pytest's 0700 temp folders, and the
+    Unix socket path must stay under 107 bytes. ``stop``/``start`` keep the data; leaving the ``with``
+    block (or ``cleanup``) removes it.
+    """
+
+    root: Path
+    user: str = "dicom_node"
+    password: str = field(default_factory=lambda: secrets.token_hex(16))
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    data_dir: Path = Path()
+    settings: dict[str, str] = field(default_factory=dict)  # more ``-c name=value`` server settings
+    start_s: float = 0.0  # how long the last start took, initdb included
+
+    @property
+    def _as_postgres(self) -> list[str]:
+        """Root may not run PostgreSQL: drop to the ``postgres`` system user (exec, no fork: the PID we hold
+        is the server's own)."""
+        if os.geteuid() != 0:
+            return []
+        return ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--"]
+
+    def _initdb(self) -> None:
+        base = Path(tempfile.mkdtemp(prefix="dicom-node-pg-"))
+        self.data_dir = base / "data"
+        (base / "run").mkdir()
+        pwfile = base / "pwfile"
+        pwfile.write_text(self.password + "\n")
+        if os.geteuid() == 0:
+            for p in (base, base / "run", pwfile):
+                shutil.chown(p, "postgres", "postgres")
+        initdb = postgres_tool("initdb")
+        if initdb is None:
+            raise RuntimeError(missing_postgres() or "initdb not found")
+        done = subprocess.run(
+            [*self._as_postgres, initdb, "-D", str(self.data_dir), "-U", self.user, f"--pwfile={pwfile}",
+             "-A", "scram-sha-256", "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions"],
+            capture_output=True, text=True, cwd=base, timeout=300,
+        )
+        pwfile.unlink()
+        if done.returncode != 0:
+            raise RuntimeError(f"initdb failed ({done.returncode}): {done.stdout}{done.stderr}")
+
+    def start(self, wait_s: float = 120.0) -> PostgresProcess:
+        """Make the cluster on first use, start the server and wait until it accepts a login."""
+        t0 = time.monotonic()
+        self.root.mkdir(parents=True, exist_ok=True)
+        if self.data_dir == Path():
+            self._initdb()
+        self.port = self.port or free_port()
+        server = postgres_tool("postgres")
+        if server is None:
+            raise RuntimeError(missing_postgres() or "postgres not found")
+        conf = {"listen_addresses": "127.0.0.1", "port": str(self.port),
+                "unix_socket_directories": str(self.data_dir.parent / "run"),
+                "fsync": "on", "synchronous_commit": "on", "logging_collector": "off", **self.settings}
+        args = [a for k, v in conf.items() for a in ("-c", f"{k}={v}")]
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [*self._as_postgres, server, "-D", str(self.data_dir), *args],
+            stdout=log, stderr=subprocess.STDOUT, cwd=self.data_dir.parent,
+        )
+        log.close()
+        wait_for(f"PostgreSQL on 127.0.0.1:{self.port} (log {self.log_path})", self._accepts, wait_s, 0.1)
+        self.start_s = time.monotonic() - t0
+        return self
+
+    def _accepts(self) -> bool:
+        import psycopg
+
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"postgres exited with {self.proc.returncode}: {self.log_text()[-2000:]}")
+        try:
+            with psycopg.connect(self.url(), connect_timeout=2):
+                return True
+        except psycopg.OperationalError:
+            return False
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "postgres.log"
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def url(self, db: str = "postgres") -> str:
+        """``postgresql://user:password@127.0.0.1:PORT/db`` (psycopg and SQLAlchemy 2.1 take it as it is)."""
+        return f"postgresql://{self.user}:{self.password}@127.0.0.1:{self.port}/{db}"
+
+    def create_database(self, name: str) -> str:
+        """A new, empty database ``name`` (so each test can have its own); returns its URL."""
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8'").format(sql.Identifier(name)))
+        return self.url(name)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
+
+    def stop(self, sig: int = signal.SIGINT, timeout_s: float = 60.0) -> int:
+        """Stop the server by its PID; returns its exit code. SIGINT by default, PostgreSQL's fast shutdown
+        (ends the sessions, checkpoints): its SIGTERM is a smart shutdown that waits for every client to
+        leave, which a node's open pool never does. SIGKILL after ``timeout_s``. Waits for its backends too."""
+        if self.proc is None:
+            return 0
+        kids = self._children()
+        rc = _stop_pid(self.proc, sig, timeout_s)
+        import psutil
+
+        psutil.wait_procs(kids, timeout=timeout_s)
+        self.proc = None
+        return rc
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster, as a crash would; its backends notice and exit, and are waited for."""
+        self.stop(signal.SIGKILL)
+
+    def _children(self) -> list[Any]:
+        import psutil
+
+        try:
+            return list(psutil.Process(self.proc.pid).children(recursive=True)) if self.proc else []
+        except psutil.NoSuchProcess:
+            return []
+
+    def cleanup(self) -> None:
+        """Stop the server and remove its cluster."""
+        self.stop()
+        if self.data_dir != Path():
+            shutil.rmtree(self.data_dir.parent, ignore_errors=True)
+            self.data_dir = Path()
+
+    def __enter__(self) -> PostgresProcess:
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+
+@dataclass
+class HaproxyProcess:
+    """A real HAProxy (Debian package) in the foreground (``-db``) on ``config_text``, written to
+    ``root/haproxy.cfg``; its log (``log stdout`` and its warnings) goes to ``root/haproxy.log``.
+
+    ``port`` is the frontend port it is ready on (default: the port of the config's first ``bind``).
+    The config is checked with ``haproxy -c`` first so that a bad one fails with HAProxy's own words.
+    """
+
+    config_text: str
+    root: Path
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "haproxy.cfg"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "haproxy.log"
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    @property
+    def stats_socket(self) -> Path | None:
+        """The config's ``stats socket`` path, if it has one."""
+        m = re.search(r"^\s*stats\s+socket\s+(\S+)", self.config_text, re.M)
+        return Path(m.group(1)) if m else None
+
+    def start(self, wait_s: float = 30.0) -> HaproxyProcess:
+        exe = _haproxy()
+        if exe is None:
+            raise RuntimeError(missing_haproxy() or "haproxy not found")
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(self.config_text)
+        check = subprocess.run([exe, "-c", "-f", str(self.config_path)], capture_output=True, text=True, timeout=60)
+        if check.returncode != 0:
+            raise RuntimeError(f"haproxy -c rejects {self.config_path}: {check.stdout}{check.stderr}")
+        if not self.port:
+            m = re.search(r"^\s*bind\s+\S*:(\d+)", self.config_text, re.M)
+            if m is None:
+                raise ValueError("no bind ADDRESS:PORT in the config: give port")
+            self.port = int(m.group(1))
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([exe, "-f", str(self.config_path), "-db"], stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        wait_port(self.port, wait_s, self.proc)
+        return self
+
+    def command(self, line: str, timeout_s: float = 10.0) -> str:
+        """One command on the stats socket (``show stat``, ``show servers state``...); its answer."""
+        path = self.stats_socket
+        if path is None:
+            raise RuntimeError("the config has no stats socket")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout_s)
+            s.connect(str(path))
+            s.sendall(line.encode() + b"\n")
+            chunks = []
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks).decode(errors="replace")
+
+    def show_stat(self) -> list[dict[str, str]]:
+        """``show stat`` as rows (pxname, svname, status, check_status, scur, stot...)."""
+        import csv
+        import io
+
+        text = self.command("show stat").lstrip("# ")
+        return [dict(r) for r in csv.DictReader(io.StringIO(text)) if r.get("pxname")]
+
+    def server_status(self, backend: str, server: str) -> str:
+        """A server's state as HAProxy sees it: UP, DOWN, "UP 1/2" (going down), "DOWN 1/2", MAINT..."""
+        for row in self.show_stat():
+            if row["pxname"] == backend and row["svname"] == server:
+                return row["status"]
+        raise KeyError(f"{backend}/{server} not in show stat")
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM (HAProxy's hard stop), SIGKILL after ``timeout_s``; its exit code."""
+        if self.proc is None:
+            return 0
+        rc = _stop_pid(self.proc, signal.SIGTERM, timeout_s)
+        self.proc = None
+        return rc
+
+    def __enter__(self) -> HaproxyProcess:
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def cluster_haproxy_config(frontend_bind: str, servers: list[tuple[str, int]], stats_socket: Path,
+                           doc: Path = REPO / "docs" / "cluster.md") -> str:
+    """The ``haproxy`` block of docs/cluster.md as it is, its placeholders filled: the tests run the
+    sample configuration that the document gives, not one of their own. ``servers`` are (name, port) on
+    127.0.0.1, each ``server NAME 127.0.0.1:PORT check``."""
+    m = re.search(r"^```haproxy\n(.*?)^```", doc.read_text(), re.M | re.S)
+    if m is None:
+        raise ValueError(f"no ```haproxy block in {doc}")
+    text = m.group(1)
+    lines = "\n".join(f"    server {name} 127.0.0.1:{port} check" for name, port in servers)
+    for key, value in (("FRONTEND_BIND", frontend_bind), ("STATS_SOCKET", str(stats_socket)), ("SERVER_LINES", lines)):
+        if "{{" + key + "}}" not in text:
+            raise ValueError(f"docs/cluster.md's haproxy block has no {{{{{key}}}}}")
+        text = text.replace("{{" + key + "}}", value)
+    return text

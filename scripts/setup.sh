@@ -44,13 +44,17 @@ if [ "$need_venv" = 1 ]; then
   touch "$STAMP"
 fi
 
-# Real peers for the tests: DCMTK, dicom3tools (dciodvfy), Orthanc with its DICOMweb plugin, and Chromium for the dashboard test.
+# Real peers for the tests: DCMTK, dicom3tools (dciodvfy), Orthanc with its DICOMweb plugin, Chromium for the
+# dashboard test, and PostgreSQL with HAProxy for the cluster tests (Debian keeps initdb/postgres in
+# /usr/lib/postgresql/VERSION/bin, off PATH; dicom_node/testing.py looks there).
 missing=()
 command -v storescu >/dev/null || missing+=(dcmtk)
 command -v dciodvfy >/dev/null || missing+=(dicom3tools)
 command -v Orthanc >/dev/null || missing+=(orthanc)
 ls /usr/share/orthanc/plugins/libOrthancDicomWeb.so >/dev/null 2>&1 || missing+=(orthanc-dicomweb)
 command -v chromium >/dev/null || missing+=(chromium)
+{ command -v postgres >/dev/null || ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; } || missing+=(postgresql)
+command -v haproxy >/dev/null || missing+=(haproxy)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
   say "installing test peers from Debian: ${missing[*]}"
