@@ -49,9 +49,9 @@ class Instances(Connections):
         now = time.time()
         with self.transaction() as conn:
             cur = conn.execute(
-                "INSERT OR IGNORE INTO instances (sop_instance_uid, sop_class_uid, study_instance_uid,"
+                "INSERT INTO instances (sop_instance_uid, sop_class_uid, study_instance_uid,"
                 " series_instance_uid, modality, transfer_syntax_uid, path, size, calling_ae, peer_host,"
-                " received_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                " received_at) VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (sop_instance_uid) DO NOTHING",
                 (row.sop_instance_uid, row.sop_class_uid, row.study_instance_uid,
                  row.series_instance_uid, row.modality, row.transfer_syntax_uid, row.path, row.size,
                  row.calling_ae, row.peer_host, now),

@@ -49,8 +49,8 @@ def enqueue_in(conn: sqlite3.Connection, kind: str, ref: str, payload: dict[str,
                max_attempts: int, not_before: float, now: float) -> bool:
     """Queue a job inside the caller's transaction (kept once per kind and ref); True when new."""
     cur = conn.execute(
-        "INSERT OR IGNORE INTO jobs (kind, ref, state, max_attempts, not_before, payload,"
-        " created_at, updated_at) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?)",
+        "INSERT INTO jobs (kind, ref, state, max_attempts, not_before, payload,"
+        " created_at, updated_at) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?) ON CONFLICT (kind, ref) DO NOTHING",
         (kind, ref, max_attempts, not_before, json.dumps(payload) if payload else None, now, now),
     )
     return cur.rowcount == 1
@@ -164,8 +164,8 @@ class JobQueue(Connections):
         now = time.time()
         with self.transaction() as conn:
             cur = conn.execute(
-                "UPDATE jobs SET state='queued', attempts=MAX(attempts-1, 0), lease_until=NULL,"
-                " worker=NULL, updated_at=? WHERE state='running' AND worker LIKE ? || '%'",
+                "UPDATE jobs SET state='queued', attempts=CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END,"
+                " lease_until=NULL, worker=NULL, updated_at=? WHERE state='running' AND worker LIKE ? || '%'",
                 (now, worker_prefix),
             )
         return cur.rowcount

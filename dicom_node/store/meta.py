@@ -20,5 +20,5 @@ class Meta(Connections):
     def set_meta_once(self, key: str, value: str) -> str:
         """Store ``value`` under ``key`` unless one is there already; return what is stored."""
         with self.transaction() as conn:
-            conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, value))
+            conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING", (key, value))
             return str(conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])

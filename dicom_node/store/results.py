@@ -10,6 +10,10 @@ from typing import Any
 
 from dicom_node.store.connections import Connections
 from dicom_node.store.jobs import enqueue_in
+from dicom_node.store.schema import upsert
+
+ANALYSIS_COLUMNS = ("sop_instance_uid", "outcome", "reason", "model_name", "model_version", "n_findings",
+                    "opacity_probability", "assumptions", "preprocess_ms", "inference_ms", "total_ms", "analysed_at")
 
 
 def analysis_row(row: sqlite3.Row | dict[str, Any]) -> dict[str, Any]:
@@ -43,9 +47,7 @@ class Results(Connections):
                   model_version, now) for f in findings],
             )
             conn.execute(
-                "INSERT OR REPLACE INTO analyses (sop_instance_uid, outcome, reason, model_name, model_version,"
-                " n_findings, opacity_probability, assumptions, preprocess_ms, inference_ms, total_ms, analysed_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                upsert("analyses", ANALYSIS_COLUMNS, ["sop_instance_uid"]),
                 (sop_instance_uid, outcome, reason, model_name, model_version, len(findings), opacity_probability,
                  json.dumps(list(assumptions)) if assumptions else None,
                  t.get("preprocess"), t.get("inference"), t.get("total"), now),
@@ -73,15 +75,15 @@ class Results(Connections):
         with self.transaction() as conn:
             for r in results:
                 conn.execute(
-                    "INSERT OR IGNORE INTO results (sop_instance_uid, source_sop_instance_uid, study_instance_uid,"
-                    " kind, sop_class_uid, path, created_at) VALUES (?,?,?,?,?,?,?)",
+                    "INSERT INTO results (sop_instance_uid, source_sop_instance_uid, study_instance_uid,"
+                    " kind, sop_class_uid, path, created_at) VALUES (?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
                     (r["sop_instance_uid"], source_sop_instance_uid, study_instance_uid, r["kind"],
                      r["sop_class_uid"], r["path"], now),
                 )
                 for dest in r.get("destinations", destinations):
                     conn.execute(
-                        "INSERT OR IGNORE INTO deliveries (result_uid, destination, state, updated_at)"
-                        " VALUES (?, ?, 'queued', ?)", (r["sop_instance_uid"], dest, now))
+                        "INSERT INTO deliveries (result_uid, destination, state, updated_at)"
+                        " VALUES (?, ?, 'queued', ?) ON CONFLICT DO NOTHING", (r["sop_instance_uid"], dest, now))
                     enqueue_in(conn, "deliver", f"{r['sop_instance_uid']}>{dest}", None, max_attempts, 0.0, now)
 
     def result(self, sop_instance_uid: str) -> dict[str, Any] | None:

@@ -6,8 +6,19 @@ One place for the schema, so the queries of every module in this package agree o
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 
 SCHEMA_VERSION = 3
+
+
+def upsert(table: str, columns: Sequence[str], key: Sequence[str], *, named: bool = False) -> str:
+    """``INSERT ... ON CONFLICT (key) DO UPDATE`` of every other column: the row replaced in place, in
+    the SQL both SQLite (3.24+) and PostgreSQL speak (not SQLite's own ``INSERT OR REPLACE``). Values by
+    name (``:column``) with ``named``, else by position."""
+    values = ", ".join(f":{c}" for c in columns) if named else ", ".join("?" for _ in columns)
+    others = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+    return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values})"
+            f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET {others}")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dicom_node.store.connections import Connections
+from dicom_node.store.schema import upsert
 
 
 class WebIndex(Connections):
@@ -27,13 +28,12 @@ class WebIndex(Connections):
         ``unreadable`` objects (``sop_instance_uid``, ``path``, ``mtime_ns``, ``size``, ``reason``)."""
         with self.transaction() as conn:
             conn.executemany(
-                "INSERT OR REPLACE INTO dicomweb_index (sop_instance_uid, study_instance_uid, series_instance_uid,"
-                " sop_class_uid, transfer_syntax_uid, path, origin, attributes) VALUES"
-                " (:sop_instance_uid, :study_instance_uid, :series_instance_uid, :sop_class_uid,"
-                " :transfer_syntax_uid, :path, :origin, :attributes)", rows)
+                upsert("dicomweb_index", ("sop_instance_uid", "study_instance_uid", "series_instance_uid",
+                                          "sop_class_uid", "transfer_syntax_uid", "path", "origin", "attributes"),
+                       ["sop_instance_uid"], named=True), rows)
             conn.executemany(
-                "INSERT OR REPLACE INTO dicomweb_unreadable (sop_instance_uid, path, mtime_ns, size, reason)"
-                " VALUES (:sop_instance_uid, :path, :mtime_ns, :size, :reason)", unreadable)
+                upsert("dicomweb_unreadable", ("sop_instance_uid", "path", "mtime_ns", "size", "reason"),
+                       ["sop_instance_uid"], named=True), unreadable)
 
     def unreadable(self) -> list[dict[str, Any]]:
         """The objects marked unreadable for the index, with their file's ``mtime_ns`` and ``size`` then."""
