@@ -1,4 +1,4 @@
-"""Shared fixtures: real peers (DCMTK, dicom3tools, Orthanc) and real node processes.
+"""Shared fixtures: real peers (DCMTK, dicom3tools, Orthanc, PostgreSQL) and real node processes.
 
 In CI (CI=true) a missing peer or the missing RSNA sample fails the run; on a developer machine the
 tests that need it are skipped with the reason.
@@ -6,12 +6,22 @@ tests that need it are skipped with the reason.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from dicom_node.testing import RSNA_DIR, NodeProcess, OrthancProcess, require, rsna_files, tool
+from dicom_node.testing import (
+    RSNA_DIR,
+    NodeProcess,
+    OrthancProcess,
+    PostgresProcess,
+    missing_postgres,
+    require,
+    rsna_files,
+    tool,
+)
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +35,25 @@ def dciodvfy() -> str:
     require(path is not None, "dicom3tools dciodvfy")
     assert path is not None
     return path
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresProcess]:
+    """One PostgreSQL server for the whole session; each test makes its own database in it."""
+    why = missing_postgres()
+    require(why is None, f"PostgreSQL ({why})")
+    with PostgresProcess(tmp_path_factory.mktemp("postgres")) as pg:
+        yield pg
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a test's store lives, once on each engine (issue 13): a SQLite file, or a database of its
+    own on the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        return str(tmp_path / "node.db")
+    pg: PostgresProcess = request.getfixturevalue("postgres")
+    return pg.create_database(f"t_{uuid.uuid4().hex[:16]}")
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""The job queue: leases expire, attempts are counted, a lost lease cannot overwrite, restarts keep jobs."""
+"""The job queue: leases expire, attempts are counted, a lost lease cannot overwrite, restarts keep jobs;
+on both engines (the ``database`` fixture: a SQLite file and a PostgreSQL database)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from pathlib import Path
 from dicom_node.store import SCHEMA_VERSION, Store
 
 
-def test_lease_expiry_gives_the_job_to_another_worker(tmp_path: Path) -> None:
-    store = Store(tmp_path / "node.db")
+def test_lease_expiry_gives_the_job_to_another_worker(database: str) -> None:
+    store = Store(database)
     store.enqueue("analyse", "1.2.3", max_attempts=3)
     [first] = store.lease(["analyse"], "w1", lease_s=0.05)
     assert store.lease(["analyse"], "w2", lease_s=10) == []  # still leased
@@ -22,8 +23,8 @@ def test_lease_expiry_gives_the_job_to_another_worker(tmp_path: Path) -> None:
     assert store.job_counts()["done"] == 1
 
 
-def test_attempts_are_spent_then_the_job_fails_with_its_error(tmp_path: Path) -> None:
-    store = Store(tmp_path / "node.db")
+def test_attempts_are_spent_then_the_job_fails_with_its_error(database: str) -> None:
+    store = Store(database)
     store.enqueue("analyse", "1.2.3", max_attempts=2)
     for _ in range(2):
         store.lease(["analyse"], "crashy", lease_s=0.01)
@@ -33,8 +34,8 @@ def test_attempts_are_spent_then_the_job_fails_with_its_error(tmp_path: Path) ->
     assert "lease expired" in job["error"] and job["attempts"] == 2
 
 
-def test_release_requeues_without_counting_an_attempt(tmp_path: Path) -> None:
-    store = Store(tmp_path / "node.db")
+def test_release_requeues_without_counting_an_attempt(database: str) -> None:
+    store = Store(database)
     store.enqueue("analyse", "1.2.3")
     store.lease(["analyse"], "pool:1:0", lease_s=60)
     assert store.release("pool:1:") == 1
@@ -42,17 +43,17 @@ def test_release_requeues_without_counting_an_attempt(tmp_path: Path) -> None:
     assert job.attempts == 1
 
 
-def test_queue_survives_reopening_and_enqueue_is_idempotent(tmp_path: Path) -> None:
-    store = Store(tmp_path / "node.db")
+def test_queue_survives_reopening_and_enqueue_is_idempotent(database: str) -> None:
+    store = Store(database)
     assert store.enqueue("deliver", "a:pacs") is True
     assert store.enqueue("deliver", "a:pacs") is False
     store.close()
-    reopened = Store(tmp_path / "node.db")
+    reopened = Store(database)
     assert reopened.job_counts()["queued"] == 1
 
 
-def test_concurrent_workers_never_take_the_same_job(tmp_path: Path) -> None:
-    store = Store(tmp_path / "node.db")
+def test_concurrent_workers_never_take_the_same_job(database: str) -> None:
+    store = Store(database)
     for i in range(200):
         store.enqueue("analyse", f"1.2.{i}")
     taken: list[int] = []
@@ -182,8 +183,8 @@ def test_a_version_2_database_gains_the_assumptions_in_place(tmp_path: Path) -> 
     again.close()
 
 
-def test_heartbeat_keeps_a_short_lease_alive_and_a_dead_holder_loses_it(tmp_path: Path) -> None:
-    store = Store(tmp_path / "node.db")
+def test_heartbeat_keeps_a_short_lease_alive_and_a_dead_holder_loses_it(database: str) -> None:
+    store = Store(database)
     store.enqueue("analyse", "1.2.3")
     store.enqueue("analyse", "1.2.4")
     [alive] = store.lease(["analyse"], "analyse:1:1:0", lease_s=0.3)
@@ -196,8 +197,8 @@ def test_heartbeat_keeps_a_short_lease_alive_and_a_dead_holder_loses_it(tmp_path
     assert store.finish(alive, "done") is True
 
 
-def test_a_node_that_owns_the_database_takes_back_what_its_dead_predecessor_ran(tmp_path: Path) -> None:
-    store = Store(tmp_path / "node.db")
+def test_a_node_that_owns_the_database_takes_back_what_its_dead_predecessor_ran(database: str) -> None:
+    store = Store(database)
     for ref in ("1", "2", "3"):
         store.enqueue("analyse", ref)
     store.enqueue("deliver", "r1")

@@ -34,7 +34,7 @@ class Store(Meta, Instances, JobQueue, Results, Deliveries, WebIndex, AuditLog, 
         """What ``dicom-node status --json`` prints: instances stored and jobs by state."""
         conn = self.conn()
         instances = conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
-        size = conn.execute("SELECT COALESCE(SUM(size), 0) FROM instances").fetchone()[0]
+        size = conn.execute("SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM instances").fetchone()[0]
         last = conn.execute("SELECT MAX(received_at) FROM instances").fetchone()[0]
         by_kind: dict[str, dict[str, int]] = {}
         for kind, state, n in conn.execute("SELECT kind, state, COUNT(*) FROM jobs GROUP BY kind, state"):

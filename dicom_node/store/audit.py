@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from typing import Any
 
 from dicom_node.store.connections import Connections
+from dicom_node.store.dbapi import Conn
 
 
-def insert_audit(conn: sqlite3.Connection, at: float, event: str, peer_ae: str | None, peer_host: str | None,
+def insert_audit(conn: Conn, at: float, event: str, peer_ae: str | None, peer_host: str | None,
                  outcome: str | None, detail: dict[str, Any] | None) -> None:
     """One audit row, inside the caller's transaction."""
     conn.execute("INSERT INTO audit (at, event, peer_ae, peer_host, outcome, detail) VALUES (?,?,?,?,?,?)",

@@ -15,8 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from dicom_node.store.connections import Connections
+from dicom_node.store.dbapi import Conn
 
 JOB_STATES = ("queued", "running", "done", "skipped", "failed")
+#: how a lease takes its rows: on PostgreSQL each node skips the rows another is taking (no waiting, no
+#: job twice); SQLite's BEGIN IMMEDIATE already lets one writer in at a time
+ROW_LOCKS = {"sqlite": "", "postgresql": " FOR UPDATE SKIP LOCKED"}
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,7 @@ class Job:
         )
 
 
-def enqueue_in(conn: sqlite3.Connection, kind: str, ref: str, payload: dict[str, Any] | None,
+def enqueue_in(conn: Conn, kind: str, ref: str, payload: dict[str, Any] | None,
                max_attempts: int, not_before: float, now: float) -> bool:
     """Queue a job inside the caller's transaction (kept once per kind and ref); True when new."""
     cur = conn.execute(
@@ -85,7 +89,7 @@ class JobQueue(Connections):
                 f"UPDATE jobs SET state='running', worker=?, lease_until=?, attempts=attempts+1, updated_at=?"
                 f" WHERE id IN (SELECT id FROM jobs WHERE kind IN ({marks}) AND"
                 f" ((state='queued' AND not_before <= ?) OR (state='running' AND lease_until < ?))"
-                f" ORDER BY not_before, id LIMIT ?) RETURNING *",
+                f" ORDER BY not_before, id LIMIT ?{ROW_LOCKS[self.engine]}) RETURNING *",
                 (worker, now + lease_s, now, *kinds, now, now, limit),
             ).fetchall()
         return sorted((Job.from_row(r) for r in rows), key=lambda j: j.id)

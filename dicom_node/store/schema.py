@@ -8,6 +8,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
+from dicom_node.store.dbapi import Conn
+
 SCHEMA_VERSION = 3
 
 
@@ -157,9 +159,18 @@ CREATE TABLE IF NOT EXISTS dicomweb_unreadable (
 """
 
 
-def migrate(conn: sqlite3.Connection) -> None:
+def table_columns(conn: Conn, table: str) -> set[str]:
+    """The column names of ``table`` on either engine."""
+    if isinstance(conn, sqlite3.Connection):
+        return {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+    return {r[0] for r in conn.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema()"
+        " AND table_name = ?", (table,))}
+
+
+def migrate(conn: Conn) -> None:
     """Bring a database written by an older version up to :data:`SCHEMA_VERSION`, in place."""
-    columns = {r[1] for r in conn.execute("PRAGMA table_info(analyses)")}
+    columns = table_columns(conn, "analyses")
     if "opacity_probability" not in columns:  # version 1 -> 2: the image-level answer
         conn.execute("ALTER TABLE analyses ADD COLUMN opacity_probability REAL")
     if "assumptions" not in columns:  # version 2 -> 3: what was assumed for an unlabelled film

@@ -1,5 +1,5 @@
-"""Real peers of the cluster tests (docs/cluster.md): one PostgreSQL server for the session, HAProxy
-made from the document's own configuration, and the nodes of tests/conftest.py's ``node_factory``.
+"""Real peers of the cluster tests (docs/cluster.md): HAProxy made from the document's own
+configuration, and tests/conftest.py's PostgreSQL server (``postgres``) and nodes (``node_factory``).
 
 In CI (CI=true) a missing PostgreSQL or HAProxy fails the run; elsewhere the tests that need it skip.
 """
@@ -15,23 +15,12 @@ from cluster_support import HaproxyFactory, check_status
 
 from dicom_node.testing import (
     HaproxyProcess,
-    PostgresProcess,
     cluster_haproxy_config,
     free_port,
     missing_haproxy,
-    missing_postgres,
     require,
     wait_for,
 )
-
-
-@pytest.fixture(scope="session")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresProcess]:
-    """One PostgreSQL server for the whole session; each test makes its own database in it."""
-    why = missing_postgres()
-    require(why is None, f"PostgreSQL ({why})")
-    with PostgresProcess(tmp_path_factory.mktemp("postgres")) as pg:
-        yield pg
 
 
 @pytest.fixture
