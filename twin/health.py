@@ -514,9 +514,10 @@ def range_rule(sig: Signal, readings: Sequence[tuple[datetime, float]], now: dat
 def forecast_rule(
     sig: Signal, readings: Sequence[tuple[datetime, float]], now: datetime, th: Thresholds
 ) -> tuple[Finding, list[Forecast]]:
-    """Theil-Sen trend of the daily medians (:func:`twin.signals.forecast`): WARN when it crosses a
-    warn or alert bound within ``forecast_warn_days``, ALERT when it crosses the alert bound within
-    ``forecast_alert_days``; the reason names the signal, the bound and the date."""
+    """Theil-Sen trend of the daily medians, from their knee when one is found
+    (:func:`twin.signals.forecast`): WARN when it crosses a warn or alert bound within
+    ``forecast_warn_days``, ALERT when it crosses the alert bound within ``forecast_alert_days``;
+    the reason names the signal, the bound and the date."""
     rule = f"{sig.name}_forecast"
     recent = [(t, v) for t, v in readings if t <= now]
     fresh = bool(recent) and now - recent[-1][0] <= timedelta(days=th.temp_max_age_days)

@@ -6,12 +6,15 @@ signal (arcs since the last line) is summed per day and charted with the fault r
 instead. :data:`DEFAULT_SIGNALS` are the defaults (docs/twin.md gives the source of each).
 
 The forecast is a Theil-Sen line (median of pairwise slopes, Sen 1968) through the signal's daily
-medians, with Sen's rank-based confidence interval of the slope: see :func:`theil_sen` and
-:func:`forecast`.
+medians, with Sen's rank-based confidence interval of the slope, fitted to the days after a knee (a
+flat stretch, then a trend) when :func:`knee` finds one clearly better than one line: see
+:func:`theil_sen`, :func:`knee` and :func:`forecast`.
 """
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import math
 import re
 import statistics
@@ -24,6 +27,9 @@ Range = tuple[float | None, float | None]
 NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 #: two-sided 95% normal quantile of Sen's slope interval
 Z95 = 1.959964
+#: a knee is accepted when n·ln(SAR of one line / SAR of flat-then-line) exceeds this (the Laplace
+#: log-likelihood ratio); set above the 99th percentile of stable simulator devices (docs/twin.md)
+KNEE_LR = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +161,74 @@ def theil_sen(xs: Sequence[float], ys: Sequence[float], z: float = Z95) -> Trend
     return Trend(slope, intercept, slopes[lo_rank - 1], slopes[hi_rank - 1], n)
 
 
+def _abs_residuals(xs: Sequence[float], ys: Sequence[float], slope: float, intercept: float) -> float:
+    return sum(abs(y - intercept - slope * x) for x, y in zip(xs, ys, strict=True))
+
+
+def _sad(ordered: Sequence[float]) -> float:
+    """Sum of absolute deviations of sorted values from their median: upper half minus lower half."""
+    h = len(ordered) // 2
+    return sum(ordered[len(ordered) - h :]) - sum(ordered[:h])
+
+
+@dataclass(frozen=True, slots=True)
+class Knee:
+    """The best flat-then-line split of a series: the line is fitted to ``xs[index:]``; ``lr`` is
+    n·ln(SAR of one Theil-Sen line / SAR of the split), the Laplace log-likelihood ratio."""
+
+    index: int
+    lr: float
+
+
+def knee(xs: Sequence[float], ys: Sequence[float], min_points: int, line: Trend | None = None) -> Knee | None:
+    """The change point of a two-segment fit: for each index k with at least ``min_points`` points on
+    either side, the median level of ``ys[:k]`` (flat) and a Theil-Sen line through ``xs[k:]``; k
+    minimises the sum of absolute residuals (SAR) of both. None with fewer than 2·``min_points``
+    points (or an exact fit). The slopes of the segment after k are the pairs of points at or after
+    k, so going down from the end each k adds its pairs to a running median (two heaps): O(n² log n)
+    in all, not one O(n²) fit per k. ``line``: the one Theil-Sen line through all points, when known."""
+    n = len(xs)
+    min_points = max(min_points, 3)
+    if n < 2 * min_points:
+        return None
+    push, pop = heapq.heappush, heapq.heappop
+    low: list[float] = []  # the lower half of the slopes, negated (a max-heap)
+    high: list[float] = []  # the upper half
+    n_low = n_high = 0
+    before = sorted(ys)  # ys[:k], sorted
+    best: tuple[float, int] | None = None
+    for k in range(n - 1, min_points - 1, -1):
+        del before[bisect.bisect_left(before, ys[k])]
+        xk, yk = xs[k], ys[k]
+        for j in range(k + 1, n):
+            if xs[j] == xk:
+                continue
+            s = (ys[j] - yk) / (xs[j] - xk)
+            if n_low == 0 or s <= -low[0]:
+                push(low, -s)
+                n_low += 1
+            else:
+                push(high, s)
+                n_high += 1
+            if n_low > n_high + 1:
+                push(high, -pop(low))
+                n_low, n_high = n_low - 1, n_high + 1
+            elif n_high > n_low:
+                push(low, -pop(high))
+                n_low, n_high = n_low + 1, n_high - 1
+        if n - k < min_points or n_low + n_high < 3:
+            continue
+        slope = -low[0] if n_low > n_high else (high[0] - low[0]) / 2
+        sar = _sad(sorted([y - slope * x for x, y in zip(xs[k:], ys[k:], strict=True)])) + _sad(before)
+        if best is None or sar < best[0]:
+            best = (sar, k)
+    line = line or theil_sen(xs, ys)
+    if best is None or line is None or best[0] <= 0:
+        return None
+    one = _abs_residuals(xs, ys, line.slope, line.intercept)
+    return Knee(best[1], n * math.log(one / best[0]) if one > 0 else 0.0)
+
+
 def daily_medians(readings: Sequence[tuple[datetime, float]]) -> list[tuple[date, float]]:
     """One point per UTC day: the median of that day's readings (so a burst of lines on one day, or
     one wild reading, does not pull the line)."""
@@ -211,21 +285,33 @@ def forecast(
     window_days: int,
     min_days: int,
     horizon_days: float,
+    knee_lr: float = KNEE_LR,
 ) -> list[Forecast]:
     """Forecasts of ``sig`` crossing its warn and alert bounds within ``horizon_days`` of ``now``.
 
     Only when the slope's whole 95% interval lies on the side of the bound (a trend, not noise), the
     daily medians of the last ``window_days`` cover at least ``min_days`` days and the fitted level
-    today has not yet reached the bound (the range rule speaks then)."""
+    today has not yet reached the bound (the range rule speaks then). The line is fitted to the days
+    after the :func:`knee` when its log-likelihood ratio exceeds ``knee_lr`` (a recent onset), else
+    to all of them."""
     start = (now - timedelta(days=window_days)).date()
     points = [(d, v) for d, v in daily_medians(readings) if start <= d <= now.date()]
     if len(points) < max(min_days, 3):
         return []
     origin = datetime.combine(points[0][0], time(12), UTC)
     xs = [(datetime.combine(d, time(12), UTC) - origin).total_seconds() / 86400 for d, _ in points]
-    trend = theil_sen(xs, [v for _, v in points])
+    ys = [v for _, v in points]
+    trend = theil_sen(xs, ys)
     if trend is None:
         return []
+    split = knee(xs, ys, min_days, trend)
+    if split is not None and split.lr > knee_lr:
+        points = points[split.index :]
+        origin = datetime.combine(points[0][0], time(12), UTC)
+        xs = [x - xs[split.index] for x in xs[split.index :]]
+        trend = theil_sen(xs, ys[split.index :])
+        if trend is None:
+            return []
     x_now = (now - origin).total_seconds() / 86400
     x_mid = statistics.median(xs)
     out: list[Forecast] = []

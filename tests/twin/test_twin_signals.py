@@ -4,6 +4,7 @@ when it crosses a limit, counted signals through the Poisson CUSUM; fed as real 
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from datetime import UTC, datetime, timedelta
@@ -16,7 +17,7 @@ from dicom_node.config import ConfigError, parse_config
 from dicom_node.testing import NodeProcess
 from twin.db import thread_local_connect
 from twin.health import Status
-from twin.signals import DEFAULT_SIGNALS, signals_from_config, theil_sen
+from twin.signals import DEFAULT_SIGNALS, KNEE_LR, daily_medians, forecast, knee, signals_from_config, theil_sen
 from twin.store import TwinStore
 
 
@@ -185,3 +186,54 @@ def test_running_node_reads_ramping_telemetry_and_forecasts(node_factory: type[N
                for r in ramp["health"]["reasons"])
     assert flat["health"]["status"] == "OK" and flat["forecasts"] == []
     assert node.stop() == 0
+
+
+def _series(level: float, per_day: float, onset: float, days: int, seed: int, sigma: float = 0.5,
+            wander: float = 0.0) -> list[tuple[datetime, float]]:
+    """Readings every 4 h for ``days`` days up to NOW: ``level``, rising ``per_day`` from day ``onset``,
+    with reading noise ``sigma`` and a day-to-day AR(1) wander (φ 0.7) of spread ``wander``."""
+    rng = random.Random(seed)
+    t0 = NOW - timedelta(days=days)
+    walk = [rng.gauss(0, wander)]
+    for _ in range(days):
+        walk.append(0.7 * walk[-1] + 0.714 * rng.gauss(0, wander))
+    out = []
+    for step in range(days * 6 + 1):
+        day = step / 6
+        out.append((t0 + timedelta(hours=4 * step),
+                     level + per_day * max(0.0, day - onset) + walk[int(day)] + rng.gauss(0, sigma)))
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_knee_after_flat_weeks_is_forecast_days_ahead(seed: int) -> None:
+    # 45 flat days, then +0.8 °C/day for 12 days: 54.6 °C now, the 60 °C warn limit in about 6.75 days.
+    # One line through the 57 days is held down by the flat weeks (no forecast); the knee is found
+    # and the days after it forecast the crossing.
+    sig = next(s for s in DEFAULT_SIGNALS if s.name == "tube_housing_temperature")
+    readings = _series(45.0, 0.8, 45.0, 57, seed)
+    t0 = NOW - timedelta(days=57)
+    truth = t0 + timedelta(days=45 + 15 / 0.8)
+    found = forecast(sig, readings, NOW, 60, 10, 90)
+    assert forecast(sig, readings, NOW, 60, 10, 90, knee_lr=math.inf) == []  # one line: no forecast
+    warn = next(f for f in found if f.kind == "warn")
+    assert abs((warn.crossing_at - truth).total_seconds()) < 1.5 * 86400
+    assert timedelta(days=4) < warn.crossing_at - NOW < timedelta(days=14)  # days ahead: WARN
+    assert warn.band[0] <= warn.crossing_at <= warn.band[1]
+    assert 10 <= warn.days <= 14 and warn.slope_per_day == pytest.approx(0.8, rel=0.15)
+    points = daily_medians(readings)
+    split = knee(list(range(len(points))), [v for _, v in points], 10)
+    assert split is not None and split.lr > KNEE_LR
+    assert abs(points[split.index][0] - (t0 + timedelta(days=45)).date()) <= timedelta(days=2)
+
+
+def test_stable_noisy_series_has_no_knee() -> None:
+    # flat with reading noise and the simulator's day-to-day wander: no knee, one line as before, no forecast
+    sig = next(s for s in DEFAULT_SIGNALS if s.name == "tube_housing_temperature")
+    for seed in range(20):
+        readings = _series(45.0, 0.0, 0.0, 60, seed, sigma=1.5, wander=1.5)
+        points = daily_medians(readings)
+        split = knee(list(range(len(points))), [v for _, v in points], 10)
+        assert split is not None and split.lr <= KNEE_LR, seed
+        assert forecast(sig, readings, NOW, 60, 10, 90) == []
+    assert knee([0.0, 1.0, 2.0], [1.0, 2.0, 3.0], 10) is None  # too few points for two segments
