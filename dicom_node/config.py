@@ -99,6 +99,22 @@ class StorageConfig(_Section):
     dir: Path = Path("./var")
     min_free_mb: int = Field(512, ge=0)
     max_instance_mb: int = Field(1024, ge=1)
+    # None or "sqlite": node.db under dir (the embedded default); postgresql://user:pass@host:port/db:
+    # several nodes on one PostgreSQL, dir then on a shared file system (docs/cluster.md)
+    database: SecretStr | None = None
+
+    @field_validator("database")
+    @classmethod
+    def _database(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or v.get_secret_value() == "sqlite":
+            return None
+        url = v.get_secret_value()
+        if not url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("sqlite, or a postgresql://user:password@host:port/database URL")
+        parts = urlsplit(url)
+        if not parts.hostname or not parts.path.strip("/"):
+            raise ValueError("a postgresql:// URL needs a host and a database name")
+        return v
 
 
 class PeerRule(_Section):
@@ -472,7 +488,14 @@ class Config(_Section):
 
     @property
     def db_path(self) -> Path:
+        """The embedded SQLite file (whether or not ``storage.database`` points elsewhere)."""
         return self.storage.dir / "node.db"
+
+    @property
+    def database(self) -> str:
+        """Where the store lives: the ``storage.database`` URL, else the SQLite file's path."""
+        url = self.storage.database
+        return url.get_secret_value() if url is not None else str(self.db_path)
 
     @property
     def spool_dir(self) -> Path:
@@ -511,7 +534,7 @@ def _describe(err: Any) -> str:
     return f"{loc}: {msg} (got {got!r})" if loc else msg
 
 
-_SECRET_KEYS = ("token", "password")
+_SECRET_KEYS = ("token", "password", "database")  # a database URL carries its password
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:

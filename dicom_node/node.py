@@ -6,6 +6,7 @@ listener closes, in-flight C-STOREs finish, running jobs finish or are released 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ from dicom_node.results import NodeIdentity
 from dicom_node.scp import Receiver
 from dicom_node.spool import Spool
 from dicom_node.store import Store
+from dicom_node.store.leader import Leadership
 from dicom_node.store.nodes import BEAT_S
 from dicom_node.storelock import StorageLock
 from dicom_node.worker import Analysis, StepFn, WorkerPool
@@ -40,6 +42,9 @@ if TYPE_CHECKING:
     from dicom_node.dicomweb.server import DicomWebServer
 
 PEER_ECHO_EVERY_S = 300.0
+#: on a spool shared by several nodes, a partial or unrecorded file is another node's in flight until
+#: it has not changed for this long (an association idle past node.network_timeout_s is dropped)
+SHARED_SPOOL_IDLE_S = 3600.0
 
 log = logging.getLogger("dicom_node.node")
 
@@ -55,18 +60,24 @@ class Node:
         if analyse_threads > 0 and not weights.is_file():  # a receive-only node needs no model
             raise ValueError(f"model.weights: no such file {weights}")
         cfg.storage.dir.mkdir(parents=True, exist_ok=True)
-        self.lock = StorageLock(cfg.storage.dir / "node.lock")  # one node per storage folder
-        self.store = Store(cfg.db_path)
-        # We own the database alone, so what is still running was cut by our predecessor's death.
-        orphans = self.store.take_back_orphans(["analyse", "deliver"])
-        if orphans:
-            log.info("jobs of a stopped or killed predecessor taken back", extra={"jobs": orphans})
+        # Embedded (SQLite): one node per storage folder. On PostgreSQL the nodes share the database
+        # and the spool (docs/cluster.md), so none owns them alone.
+        self.shared = cfg.storage.database is not None
+        self.lock = None if self.shared else StorageLock(cfg.storage.dir / "node.lock")
+        self.store = Store(cfg.database)
+        if not self.shared:
+            # We own the database alone, so what is still running was cut by our predecessor's death;
+            # in a cluster a dead node's jobs come back when their heartbeat lease runs out.
+            orphans = self.store.take_back_orphans(["analyse", "deliver"])
+            if orphans:
+                log.info("jobs of a stopped or killed predecessor taken back", extra={"jobs": orphans})
+        idle_s = SHARED_SPOOL_IDLE_S if self.shared else 0.0  # spare the other nodes' files in flight
         self.spool = Spool(cfg.spool_dir)
-        swept = self.spool.sweep()
+        swept = self.spool.sweep(idle_s)
         if swept:
             log.info("removed partial files left by an earlier stop", extra={"files": swept})
         self.outbox = Spool(cfg.outbox_dir)
-        self.outbox.sweep()
+        self.outbox.sweep(idle_s)
         self.device_uid = self.store.set_meta_once("node_device_uid", generate_uid())
         self.identity = NodeIdentity(ae_title=cfg.node.ae_title, device_uid=self.device_uid)
         self.twin = TwinStore(self.store.db, thresholds=cfg.twin.thresholds(),
@@ -93,6 +104,10 @@ class Node:
             self.scheduler.add_job(echo_destinations, "interval", args=(cfg, self.store), id="peer-echo",
                                    seconds=PEER_ECHO_EVERY_S, max_instances=1, coalesce=True,
                                    next_run_time=_now())
+        # Cluster-wide: on one node at a time, the holder of the schedules' advisory lock.
+        self.leadership = Leadership(cfg.database if self.shared else None)
+        for job in self.scheduler.get_jobs():
+            self.scheduler.modify_job(job.id, func=_when_leading(self.leadership, job.func))
         self.ingest = Ingest(
             self.store, self.spool,
             min_free_bytes=cfg.storage.min_free_mb * 2**20,
@@ -101,6 +116,8 @@ class Node:
             on_stored=self.analysis.wake,
         )
         self.receiver = Receiver(cfg, self.store, self.ingest) if "receive" in roles else None
+        if self.receiver is not None:
+            self.receiver.shared_spool_idle_s = idle_s
         self.admin: AdminServer | None = None
         if cfg.admin.enabled and "admin" in roles:
             from dicom_node.admin import AdminServer  # FastAPI and uvicorn load only when the console is on
@@ -187,13 +204,15 @@ class Node:
             self._warm.join(max(grace_s, 30.0))
         if self.admin is not None:
             self.admin.stop()
+        self.leadership.close()
         if self._beat.ident is not None:  # started: it ends at _stopped; the row says stopped, not gone
             self._beat.join(BEAT_S + 1.0)
             self.store.node_stopped(self.node_id)
         log.info("node stopped", extra={"associations_aborted": aborted, "jobs_released": released})
         self.store.set_meta("model_state", json.dumps({"state": "stopped", "since": time.time()}))
         self.store.close()
-        self.lock.release()
+        if self.lock is not None:
+            self.lock.release()
 
     def serve(self) -> None:
         """Run until SIGTERM or SIGINT (the main thread waits; handlers only set a flag)."""
@@ -211,6 +230,16 @@ class Node:
                 pass
         finally:
             self.stop()
+
+
+def _when_leading(leadership: Leadership, fn: Any) -> Any:
+    """``fn`` run only while this node leads the cluster-wide schedules."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs) if leadership.leads() else None
+
+    return run
 
 
 def _now() -> Any:

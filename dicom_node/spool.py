@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
@@ -96,10 +97,21 @@ class Spool:
     def open(self, path: Path | str) -> BinaryIO:
         return open(path, "rb")
 
-    def sweep(self) -> int:
-        """Remove temporary files left by a crash; returns how many."""
+    def sweep(self, idle_s: float = 0.0) -> int:
+        """Remove temporary files left by a crash; returns how many.
+
+        ``idle_s``: only those not written to for that long. A node alone on its spool removes every
+        one at start; nodes sharing a spool (docs/cluster.md) must not remove another's file in flight,
+        which is written to at least once a network timeout.
+        """
         n = 0
+        cutoff = time.time() - idle_s
         for p in self.tmp.glob("*.part"):
+            try:
+                if idle_s and p.stat().st_mtime > cutoff:
+                    continue
+            except FileNotFoundError:
+                continue
             p.unlink(missing_ok=True)
             n += 1
         return n

@@ -1,0 +1,83 @@
+"""What several nodes on one PostgreSQL and one spool need of the store (issue 13): one node at a time
+runs the cluster-wide schedules and another takes over when it dies; start-up sweeps spare the files
+other nodes have in flight; ``storage.database`` refuses what is not a usable URL, never echoing it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dicom_node.config import ConfigError, parse_config
+from dicom_node.spool import Spool
+from dicom_node.store.leader import Leadership
+from dicom_node.testing import PostgresProcess, wait_for
+
+HOLD = """
+import sys, time
+from dicom_node.store.leader import Leadership
+lead = Leadership(sys.argv[1])
+print("leads" if lead.leads() else "follows", flush=True)
+time.sleep(600)
+"""
+
+
+def test_one_node_leads_the_schedules_and_another_takes_over_when_it_dies(postgres: PostgresProcess) -> None:
+    url = postgres.create_database("leader")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, url], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "leads"
+        other = Leadership(url)
+        assert other.leads() is False and other.leads() is False  # asked again: still held elsewhere
+        os.kill(holder.pid, signal.SIGKILL)  # its session ends with it, and the lock with the session
+        holder.wait(30)
+        wait_for("the lock free once the dead node's session ended", other.leads, 30, 0.2)
+        third = Leadership(url)
+        assert third.leads() is False
+        other.close()  # a clean stop gives it up at once
+        assert third.leads() is True
+        third.close()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_node_alone_on_sqlite_always_leads() -> None:
+    assert Leadership(None).leads() is True
+
+
+def test_start_up_sweep_spares_files_written_lately_on_a_shared_spool(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    old, fresh = spool.tmp / "old.part", spool.tmp / "fresh.part"
+    old.write_bytes(b"left by a node that died an hour ago")
+    fresh.write_bytes(b"another node's C-STORE arriving now")
+    hour_ago = time.time() - 3700
+    os.utime(old, (hour_ago, hour_ago))
+    assert spool.sweep(idle_s=3600) == 1
+    assert not old.exists() and fresh.exists()
+    assert spool.sweep() == 1 and not fresh.exists()  # alone on its spool: every partial file goes
+
+
+@pytest.mark.parametrize("url, words", [
+    ("mysql://node:pw@db/node", "sqlite, or a postgresql://user:password@host:port/database URL"),
+    ("postgresql://node:s3cret-pw@db.example:5432/", "a postgresql:// URL needs a host and a database name"),
+    ("postgresql:///node", "a postgresql:// URL needs a host and a database name"),
+])
+def test_a_database_url_that_cannot_work_is_refused_without_echoing_it(tmp_path: Path, url: str, words: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({"storage": {"dir": str(tmp_path), "database": url}})
+    assert "storage.database" in str(err.value) and words in str(err.value), str(err.value)
+    assert "s3cret" not in str(err.value) and "pw@" not in str(err.value)
+
+
+def test_the_database_setting_keeps_its_password_out_of_the_printed_config(tmp_path: Path) -> None:
+    cfg = parse_config({"storage": {"dir": str(tmp_path), "database": "postgresql://node:s3cret-pw@db:5432/node"}})
+    assert cfg.database == "postgresql://node:s3cret-pw@db:5432/node"
+    assert "s3cret" not in repr(cfg) and "s3cret" not in str(cfg.storage)
+    assert parse_config({"storage": {"dir": str(tmp_path), "database": "sqlite"}}).database == str(
+        tmp_path / "node.db")
