@@ -30,6 +30,7 @@ from dicom_node.scp import Receiver
 from dicom_node.spool import Spool
 from dicom_node.store import Store
 from dicom_node.store.leader import Leadership
+from dicom_node.store.listen import JobListener
 from dicom_node.store.nodes import BEAT_S
 from dicom_node.storelock import StorageLock
 from dicom_node.worker import Analysis, StepFn, WorkerPool
@@ -104,6 +105,10 @@ class Node:
             self.scheduler.add_job(echo_destinations, "interval", args=(cfg, self.store), id="peer-echo",
                                    seconds=PEER_ECHO_EVERY_S, max_instances=1, coalesce=True,
                                    next_run_time=_now())
+        # Other nodes' queued jobs wake this node's idle workers at once (PostgreSQL LISTEN/NOTIFY).
+        pools = {"analyse": self.analysis, "deliver": self.delivery}
+        self.listener = JobListener(cfg.database, lambda kind: pools[kind].wake() if kind in pools else None) \
+            if self.shared else None
         # Cluster-wide: on one node at a time, the holder of the schedules' advisory lock.
         self.leadership = Leadership(cfg.database if self.shared else None)
         for job in self.scheduler.get_jobs():
@@ -140,6 +145,8 @@ class Node:
         self.store.set_meta("model_state", json.dumps({"state": state, "since": time.time()}))
         self.analysis.start()
         self.delivery.start()
+        if self.listener is not None:
+            self.listener.start()
         try:  # each listener's OSError names its own address
             if self.receiver is not None:
                 self.address = self.receiver.start()
@@ -205,6 +212,8 @@ class Node:
         if self.admin is not None:
             self.admin.stop()
         self.leadership.close()
+        if self.listener is not None:
+            self.listener.stop()
         if self._beat.ident is not None:  # started: it ends at _stopped; the row says stopped, not gone
             self._beat.join(BEAT_S + 1.0)
             self.store.node_stopped(self.node_id)

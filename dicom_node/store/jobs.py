@@ -16,6 +16,8 @@ from typing import Any
 
 from dicom_node.store.connections import Connections
 from dicom_node.store.dbapi import Conn
+from dicom_node.store.listen import CHANNEL
+from dicom_node.store.postgres import PgConnection
 
 JOB_STATES = ("queued", "running", "done", "skipped", "failed")
 #: how a lease takes its rows: on PostgreSQL each node skips the rows another is taking (no waiting, no
@@ -51,13 +53,23 @@ class Job:
 
 def enqueue_in(conn: Conn, kind: str, ref: str, payload: dict[str, Any] | None,
                max_attempts: int, not_before: float, now: float) -> bool:
-    """Queue a job inside the caller's transaction (kept once per kind and ref); True when new."""
+    """Queue a job inside the caller's transaction (kept once per kind and ref); True when new.
+    On PostgreSQL the other nodes' workers are told when it commits (:mod:`.listen`)."""
     cur = conn.execute(
         "INSERT INTO jobs (kind, ref, state, max_attempts, not_before, payload,"
         " created_at, updated_at) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?) ON CONFLICT (kind, ref) DO NOTHING",
         (kind, ref, max_attempts, not_before, json.dumps(payload) if payload else None, now, now),
     )
+    if cur.rowcount == 1 and not_before <= now:
+        notify_queued(conn, kind)
     return cur.rowcount == 1
+
+
+def notify_queued(conn: Conn, kind: str) -> None:
+    """Tell every node's idle workers that a ``kind`` job is due (PostgreSQL's NOTIFY, sent at commit;
+    SQLite has one node, whose own pool is woken by its caller)."""
+    if isinstance(conn, PgConnection):
+        conn.execute(f"SELECT pg_notify('{CHANNEL}', ?)", (kind,))
 
 
 class JobQueue(Connections):
@@ -128,6 +140,8 @@ class JobQueue(Connections):
                 f" WHERE kind=? AND state IN ({marks})",
                 (now, now, kind, *states),
             )
+            if cur.rowcount:
+                notify_queued(conn, kind)
         return cur.rowcount
 
     def renew(self, worker_prefix: str, lease_s: float) -> int:
@@ -169,10 +183,14 @@ class JobQueue(Connections):
         with self.transaction() as conn:
             cur = conn.execute(
                 "UPDATE jobs SET state='queued', attempts=CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END,"
-                " lease_until=NULL, worker=NULL, updated_at=? WHERE state='running' AND worker LIKE ? || '%'",
+                " lease_until=NULL, worker=NULL, updated_at=? WHERE state='running' AND worker LIKE ? || '%'"
+                " RETURNING kind",
                 (now, worker_prefix),
             )
-        return cur.rowcount
+            kinds = [r[0] for r in cur.fetchall()]
+            for kind in sorted(set(kinds)):  # the other nodes' workers take them at once
+                notify_queued(conn, kind)
+        return len(kinds)
 
     def job_counts(self, kind: str | None = None) -> dict[str, int]:
         """Counts by state (every state present, zero when none)."""

@@ -1,5 +1,6 @@
-"""What several nodes on one PostgreSQL and one spool need of the store (issue 13): one node at a time
-runs the cluster-wide schedules and another takes over when it dies; start-up sweeps spare the files
+"""What several nodes on one PostgreSQL and one spool need of the store (issue 13): a job queued on one
+node wakes the others at once; one node at a time runs the cluster-wide schedules and another takes
+over when it dies; start-up sweeps spare the files
 other nodes have in flight; ``storage.database`` refuses what is not a usable URL, never echoing it."""
 
 from __future__ import annotations
@@ -15,12 +16,18 @@ import pytest
 
 from dicom_node.config import ConfigError, parse_config
 from dicom_node.spool import Spool
+from dicom_node.store import Store
+from dicom_node.store.jobs import enqueue_in
 from dicom_node.store.leader import Leadership
+from dicom_node.store.listen import JobListener
 from dicom_node.testing import PostgresProcess, wait_for
 
 HOLD = """
 import sys, time
+from dicom_node.store import Store
+from dicom_node.store.jobs import enqueue_in
 from dicom_node.store.leader import Leadership
+from dicom_node.store.listen import JobListener
 lead = Leadership(sys.argv[1])
 print("leads" if lead.leads() else "follows", flush=True)
 time.sleep(600)
@@ -81,3 +88,29 @@ def test_the_database_setting_keeps_its_password_out_of_the_printed_config(tmp_p
     assert "s3cret" not in repr(cfg) and "s3cret" not in str(cfg.storage)
     assert parse_config({"storage": {"dir": str(tmp_path), "database": "sqlite"}}).database == str(
         tmp_path / "node.db")
+
+
+def test_a_job_queued_by_one_node_wakes_the_others_when_it_commits(postgres: PostgresProcess) -> None:
+    url = postgres.create_database("notify")
+    woken: list[str] = []
+    listener = JobListener(url, woken.append)
+    listener.start()
+    other = Store(url)
+    try:
+        time.sleep(1.0)  # listening
+        with other.transaction() as conn:  # queued inside a transaction: nothing is said before it commits
+            enqueue_in(conn, "analyse", "1.2.3", None, 3, 0.0, time.time())
+            time.sleep(1.5)
+            assert woken == []
+        wait_for("the analyse job announced", lambda: woken == ["analyse"], 10, 0.05)
+        other.enqueue("deliver", "r>pacs", delay_s=60)  # not due yet: nobody is woken for it
+        other.enqueue("deliver", "s>pacs")
+        wait_for("the due delivery announced", lambda: woken == ["analyse", "deliver"], 10, 0.05)
+        [job] = other.lease(["analyse"], "analyse:dead:0", lease_s=60)
+        assert other.release("analyse:dead:") == 1  # a node stopping gives its jobs back: the others hear
+        wait_for("the released job announced", lambda: woken == ["analyse", "deliver", "analyse"], 10, 0.05)
+        time.sleep(1.5)
+        assert woken == ["analyse", "deliver", "analyse"] and job.ref == "1.2.3"
+    finally:
+        listener.stop()
+        other.close()
