@@ -456,6 +456,9 @@ class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     max_mb: int = Field(20, ge=1)
     backups: int = Field(5, ge=0)
+    # None: storage.dir/logs, or storage.dir/logs/<host name> when nodes share storage.dir (a rotating
+    # log file is one process's): set it for several nodes on one host
+    dir: Path | None = None
 
 
 class Config(_Section):
@@ -507,6 +510,13 @@ class Config(_Section):
 
     @property
     def log_dir(self) -> Path:
+        """Where this node's log files go (``logging.dir``; see LoggingConfig)."""
+        if self.logging.dir is not None:
+            return self.logging.dir
+        if self.storage.database is not None:
+            import socket
+
+            return self.storage.dir / "logs" / socket.gethostname()
         return self.storage.dir / "logs"
 
 
@@ -606,6 +616,8 @@ def _anchor_paths(cfg: Config, base: Path) -> Config:
         return p if p.is_absolute() else (base / p)
 
     cfg.storage.dir = anchor(cfg.storage.dir)
+    if cfg.logging.dir is not None:
+        cfg.logging.dir = anchor(cfg.logging.dir)
     cfg.twin.sidecar_dir = anchor(cfg.twin.sidecar_dir)
     if cfg.model.weights is not None:
         cfg.model.weights = anchor(cfg.model.weights)
