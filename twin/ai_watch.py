@@ -39,7 +39,6 @@ from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 import numpy as np
-import sqlite_utils
 
 from twin.db import from_iso, iso, one, rows
 
@@ -190,7 +189,7 @@ def describe_change(changes_json: str | None) -> str:
     return ", ".join(words) or "configuration change"
 
 
-def config_changes(db: sqlite_utils.Database, device_id: int, before: datetime) -> list[tuple[datetime, str]]:
+def config_changes(db: Any, device_id: int, before: datetime) -> list[tuple[datetime, str]]:
     """(since, what) of every configuration change of the device that began before ``before``."""
     out = []
     for r in rows(
@@ -205,7 +204,7 @@ def config_changes(db: sqlite_utils.Database, device_id: int, before: datetime) 
 
 
 def reference_point(
-    db: sqlite_utils.Database, device_id: int, changes: Sequence[tuple[datetime, str]], before: datetime
+    db: Any, device_id: int, changes: Sequence[tuple[datetime, str]], before: datetime
 ) -> Reference | None:
     """The latest configuration change or ``qc`` record before ``before``; None when neither."""
     found: list[Reference] = [Reference(t, what, True) for t, what in changes]
@@ -219,7 +218,7 @@ def reference_point(
     return max(found, key=lambda r: (r.at, not r.config_change), default=None)
 
 
-def _outcomes(db: sqlite_utils.Database, sql: str, params: list[Any]) -> list[Outcome]:
+def _outcomes(db: Any, sql: str, params: list[Any]) -> list[Outcome]:
     return [
         Outcome(t, r["score"], bool(r["positive"]))
         for r in rows(db, sql, params)
@@ -236,7 +235,7 @@ def last_complete_day(now: datetime) -> datetime:
 
 
 def ai_history(
-    db: sqlite_utils.Database, device_id: int, now: datetime, baseline_n: int, window_days: int,
+    db: Any, device_id: int, now: datetime, baseline_n: int, window_days: int,
     change_n: int = 0,
 ) -> AiHistory:
     """The reference point, the images just before it, the baseline after it and the recent window,
@@ -271,14 +270,14 @@ def kept_outcomes_sql(limit: int) -> str:
     n = int(limit)
     return (
         f"SELECT sop_instance_uid FROM (SELECT sop_instance_uid FROM twin_ai_outcomes WHERE device_id = :device "
-        f"AND skipped = 0 AND at >= :after ORDER BY at, sop_instance_uid LIMIT {n}) "
+        f"AND skipped = 0 AND at >= :after ORDER BY at, sop_instance_uid LIMIT {n}) AS baseline "
         f"UNION SELECT sop_instance_uid FROM (SELECT sop_instance_uid FROM twin_ai_outcomes "
         f"WHERE device_id = :device AND skipped = 0 AND at < :after "
-        f"ORDER BY at DESC, sop_instance_uid DESC LIMIT {n})"
+        f"ORDER BY at DESC, sop_instance_uid DESC LIMIT {n}) AS before_ref"
     )
 
 
-def ai_view(db: sqlite_utils.Database, device_id: int, hist: AiHistory, now: datetime) -> dict[str, Any]:
+def ai_view(db: Any, device_id: int, hist: AiHistory, now: datetime) -> dict[str, Any]:
     """The ``ai`` object of ``device ID --json``: baseline, recent window, daily counts and the
     configuration changes (docs/twin.md, The AI, watched per device)."""
     def rate(outcomes: Sequence[Outcome]) -> float | None:

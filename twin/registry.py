@@ -15,9 +15,7 @@ from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
-import sqlite_utils
-
-from twin.db import insert, iso, one, rows
+from twin.db import insert, iso, one, rows, update
 from twin.headers import DeviceConfiguration, DeviceIdentity, normalise
 
 IDENTITY_FIELDS = ("manufacturer", "model", "serial", "station", "device_uid", "institution", "department")
@@ -37,7 +35,7 @@ def _compatible(row: dict[str, Any], ident: DeviceIdentity) -> bool:
     return True
 
 
-def match(db: sqlite_utils.Database, ident: DeviceIdentity) -> dict[str, Any] | None:
+def match(db: Any, ident: DeviceIdentity) -> dict[str, Any] | None:
     """The known device this identity belongs to, None when new; AmbiguousDevice when several fit."""
     exact = one(db, "SELECT * FROM twin_devices WHERE key = ?", [ident.key])
     if exact:
@@ -69,7 +67,7 @@ def _identity_row(ident: DeviceIdentity) -> dict[str, Any]:
 
 
 def resolve(
-    db: sqlite_utils.Database, ident: DeviceIdentity, at: datetime, created_by: str, strict: bool = False
+    db: Any, ident: DeviceIdentity, at: datetime, created_by: str, strict: bool = False
 ) -> tuple[int, bool]:
     """(device id, created) for an identity seen at ``at``; fills in what the record lacked.
 
@@ -103,12 +101,12 @@ def resolve(
         updates["key"] = new_key
     updates["first_seen"] = min(found["first_seen"] or stamp, stamp)
     updates["last_seen"] = max(found["last_seen"] or stamp, stamp)
-    db.table("twin_devices").update(found["id"], updates)
+    update(db, "twin_devices", found["id"], updates)
     return int(found["id"]), False
 
 
 def record_configuration(
-    db: sqlite_utils.Database, device_id: int, config: DeviceConfiguration, at: datetime, instance: str
+    db: Any, device_id: int, config: DeviceConfiguration, at: datetime, instance: str
 ) -> int:
     """Id of the configuration in effect for an instance acquired at ``at``, adding one on change.
 
@@ -132,7 +130,7 @@ def record_configuration(
     filled = {f: values[f] for f in CONFIG_FIELDS if values[f] is not None and in_effect[f] is None}
     if not changes:
         if filled:
-            db.table("twin_config").update(in_effect["id"], filled)
+            update(db, "twin_config", in_effect["id"], filled)
         return int(in_effect["id"])
     merged = {f: values[f] if values[f] is not None else in_effect[f] for f in CONFIG_FIELDS}
     row = {

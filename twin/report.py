@@ -11,8 +11,6 @@ from collections import defaultdict
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-import sqlite_utils
-
 from twin.ai_watch import ai_history, ai_view
 from twin.db import from_iso, iso, one, rows
 from twin.health import DeviceHistory, Health, Thresholds, assess, next_service_due
@@ -40,7 +38,7 @@ def _midnight(d: str | None) -> datetime | None:
         return None
 
 
-def rebaseline_point(db: sqlite_utils.Database, device_id: int, now: datetime) -> str | None:
+def rebaseline_point(db: Any, device_id: int, now: datetime) -> str | None:
     row = one(
         db,
         f"SELECT max(at) AS at FROM twin_maintenance WHERE device_id = ? AND at <= ? "
@@ -59,7 +57,7 @@ def baseline_instances_sql(limit: int) -> str:
     )
 
 
-def history(db: sqlite_utils.Database, device_id: int, now: datetime, th: Thresholds) -> DeviceHistory:
+def history(db: Any, device_id: int, now: datetime, th: Thresholds) -> DeviceHistory:
     """Gather what :func:`twin.health.assess` needs for one device, as of ``now``."""
     stamp = iso(now)
     dev = one(db, "SELECT * FROM twin_devices WHERE id = ?", [device_id]) or {}
@@ -134,7 +132,7 @@ def history(db: sqlite_utils.Database, device_id: int, now: datetime, th: Thresh
 
 
 def tube(
-    db: sqlite_utils.Database, device_id: int, now: datetime, th: Thresholds, first_seen: datetime | None
+    db: Any, device_id: int, now: datetime, th: Thresholds, first_seen: datetime | None
 ) -> TubeWear:
     """The tube's load since the last ``tube`` maintenance record (or since first seen)."""
     row = one(
@@ -149,7 +147,7 @@ def tube(
 
 
 def signal_readings(
-    db: sqlite_utils.Database, device_id: int, now: datetime, th: Thresholds
+    db: Any, device_id: int, now: datetime, th: Thresholds
 ) -> dict[str, list[tuple[datetime, float]]]:
     """Per declared signal, its (time, value) readings from sidecar telemetry (and, for detector
     temperature, DetectorTemperature in the headers) over the longest window a signal rule needs."""
@@ -185,7 +183,7 @@ def signal_readings(
     return {k: sorted(v, key=lambda p: p[0]) for k, v in out.items()}
 
 
-def deviation_indices(db: sqlite_utils.Database, device_id: int, since: datetime) -> list[tuple[datetime, float]]:
+def deviation_indices(db: Any, device_id: int, since: datetime) -> list[tuple[datetime, float]]:
     """(time, DI) of every image of the device since ``since``, oldest first: the drift chart's points
     (IEC 62494-1 deviation index, as recorded per acquisition)."""
     found = rows(db, "SELECT at, deviation_index FROM twin_acquisitions WHERE device_id = ? AND at >= ? "
@@ -193,7 +191,7 @@ def deviation_indices(db: sqlite_utils.Database, device_id: int, since: datetime
     return [(t, float(r["deviation_index"])) for r in found if (t := from_iso(r["at"])) is not None]
 
 
-def last_calibration(db: sqlite_utils.Database, device_id: int, now: datetime) -> datetime | None:
+def last_calibration(db: Any, device_id: int, now: datetime) -> datetime | None:
     """Latest of DateOfLastDetectorCalibration (else DateOfLastCalibration) in the headers, sidecar
     ``calibration`` events and ``calibration`` maintenance records."""
     stamp = iso(now)
@@ -236,13 +234,13 @@ def last_calibration(db: sqlite_utils.Database, device_id: int, now: datetime) -
 # --- what admins read --------------------------------------------------------------------------------
 
 
-def current_config(db: sqlite_utils.Database, device_id: int) -> dict[str, Any] | None:
+def current_config(db: Any, device_id: int) -> dict[str, Any] | None:
     return one(
         db, "SELECT * FROM twin_config WHERE device_id = ? ORDER BY since DESC, id DESC LIMIT 1", [device_id]
     )
 
 
-def counts(db: sqlite_utils.Database, device_id: int) -> tuple[int, int]:
+def counts(db: Any, device_id: int) -> tuple[int, int]:
     """(acquisitions, fault events); acquisitions from the rollups so retention does not lower it."""
     acq = one(
         db, "SELECT coalesce(sum(acquisitions), 0) AS n FROM twin_daily WHERE device_id = ?", [device_id]
@@ -252,7 +250,7 @@ def counts(db: sqlite_utils.Database, device_id: int) -> tuple[int, int]:
 
 
 def summary(
-    db: sqlite_utils.Database,
+    db: Any,
     dev: dict[str, Any],
     now: datetime,
     th: Thresholds,
@@ -290,7 +288,7 @@ def _config_view(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def record(db: sqlite_utils.Database, dev: dict[str, Any], now: datetime, th: Thresholds) -> dict[str, Any]:
+def record(db: Any, dev: dict[str, Any], now: datetime, th: Thresholds) -> dict[str, Any]:
     """The whole twin of one device: identity, configuration and its history, usage per day,
     faults, maintenance and health with reasons."""
     device_id = dev["id"]
@@ -302,8 +300,10 @@ def record(db: sqlite_utils.Database, dev: dict[str, Any], now: datetime, th: Th
     usage = rows(
         db,
         "SELECT day, acquisitions, faults, warnings, events, "
-        "CASE WHEN di_n > 0 THEN round(di_sum / di_n, 2) END AS mean_di, round(dap_sum, 3) AS dap_sum, "
-        "round(mas_sum, 2) AS mas_sum FROM twin_daily WHERE device_id = ? AND day <= ? ORDER BY day",
+        # round(CAST(.. AS NUMERIC), n): PostgreSQL rounds only numerics (SQLite: the same REAL)
+        "CASE WHEN di_n > 0 THEN round(CAST(di_sum / di_n AS NUMERIC), 2) END AS mean_di, "
+        "round(CAST(dap_sum AS NUMERIC), 3) AS dap_sum, "
+        "round(CAST(mas_sum AS NUMERIC), 2) AS mas_sum FROM twin_daily WHERE device_id = ? AND day <= ? ORDER BY day",
         [device_id, iso(now)[:10]],  # as of now: a day ahead is a clock ahead, never charted
     )
     faults = rows(

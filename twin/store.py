@@ -1,6 +1,6 @@
 """The device twin's public API over the node's shared SQLite database.
 
-``TwinStore(connect)`` takes a callable returning the calling thread's ``sqlite_utils.Database``
+``TwinStore(connect)`` takes a callable returning the calling thread's ``Any``
 (one WAL file shared by the node's threads) and asks for it in every call, so one store serves
 the worker, the scheduler's jobs and the commands. Every write is idempotent: recording the same
 SOP Instance UID twice, or ingesting a sidecar line already read, changes nothing, so the node may
@@ -13,18 +13,33 @@ import hashlib
 import json
 import logging
 import math
-import sqlite3
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import sqlite_utils
 from pydicom.dataset import Dataset
 
 from twin import ai_watch, registry, report, sidecar
 from twin.clock import DEFAULT_MAX_SKEW_S, TimeBound
-from twin.db import COUNTERS, Connect, aware, bump, ensure_schema, insert, iso, one, rows, utcnow, writing
+from twin.db import (
+    COUNTERS,
+    DB_ERRORS,
+    Connect,
+    aware,
+    bump,
+    conn_of,
+    ensure_schema,
+    execute,
+    insert,
+    iso,
+    one,
+    rows,
+    update,
+    upsert,
+    utcnow,
+    writing,
+)
 from twin.headers import DeviceIdentity, InstanceHeaders, read_headers
 from twin.health import Health, Thresholds, assess
 
@@ -71,7 +86,7 @@ class TwinStore:
         thresholds: Thresholds | None = None,
         max_clock_skew_s: float = DEFAULT_MAX_SKEW_S,
     ) -> None:
-        self._connect = connect
+        self._connect: Connect = lambda: conn_of(connect())  # a sqlite_utils.Database: its connection
         self.thresholds = thresholds or Thresholds()
         #: how far ahead of the node's clock a sidecar or header time may be (twin.max_clock_skew_s)
         self.max_clock_skew_s = max_clock_skew_s
@@ -98,10 +113,11 @@ class TwinStore:
             device_id, created = registry.resolve(db, headers.identity, at, "headers")
             config_id = registry.record_configuration(db, device_id, headers.configuration, at, uid)
             self._insert_acquisition(db, uid, device_id, config_id, headers, at, received)
-            db.execute(
-                "UPDATE twin_devices SET last_acquisition = max(coalesce(last_acquisition, ''), ?) "
-                "WHERE id = ?",
-                [iso(at), device_id],
+            execute(  # the later of the two (CASE: SQLite's max(a, b) is PostgreSQL's greatest)
+                db,
+                "UPDATE twin_devices SET last_acquisition = CASE WHEN last_acquisition IS NULL "
+                "OR last_acquisition < ? THEN ? ELSE last_acquisition END WHERE id = ?",
+                [iso(at), iso(at), device_id],
             )
         if created:
             log.info("twin: new device %s (key %s)", device_id, headers.identity.key)
@@ -109,7 +125,7 @@ class TwinStore:
 
     @staticmethod
     def _insert_acquisition(
-        db: sqlite_utils.Database,
+        db: Any,
         uid: str,
         device_id: int,
         config_id: int,
@@ -130,7 +146,7 @@ class TwinStore:
             detector_calibrated_on=_day(u.detector_calibrated_on),
             device_calibrated_on=_day(u.device_calibrated_on),
         )
-        db.table("twin_acquisitions").insert(row)
+        insert(db, "twin_acquisitions", row, returning=None)
         di = u.deviation_index
         bump(
             db,
@@ -197,7 +213,7 @@ class TwinStore:
                 # an image skipped before and analysed now (routing changed, or its planned outcome
                 # handed over by the simulator): the analysis replaces the skip, in the counts too
                 bump(db, old["device_id"], old["at"][:10], **{k: -v for k, v in _ai_counts(old).items()})
-            db.table("twin_ai_outcomes").insert({**row, "recorded_at": iso(at or utcnow())}, replace=True)
+            upsert(db, "twin_ai_outcomes", {**row, "recorded_at": iso(at or utcnow())}, ["sop_instance_uid"])
             bump(db, acq["device_id"], acq["at"][:10], **_ai_counts(row))
 
     # --- sidecar -------------------------------------------------------------------------------------
@@ -234,7 +250,7 @@ class TwinStore:
                 self._skip(f, str(exc), stats)
             except OSError as exc:
                 log.warning("twin: sidecar file %s unreadable: %s", f.name, exc.strerror or exc)
-            except sqlite3.Error:
+            except DB_ERRORS:
                 raise  # the database, not the file: the job logs it and runs again
             except Exception as exc:  # the type only: a message may quote the line
                 log.warning("twin: sidecar file %s not read: %s", f.name, type(exc).__name__)
@@ -252,7 +268,7 @@ class TwinStore:
             log.warning("twin: sidecar file %s skipped: %s", f.name, reason)
 
     @staticmethod
-    def _forget_gone(db: sqlite_utils.Database, present: set[tuple[int, int]]) -> None:
+    def _forget_gone(db: Any, present: set[tuple[int, int]]) -> None:
         """Drop the offsets of files no longer under the folder (their inodes may be reused)."""
         gone = [
             (r["dev"], r["inode"])
@@ -261,11 +277,11 @@ class TwinStore:
         ]
         if gone:
             with writing(db):
-                db.conn.executemany("DELETE FROM twin_sidecar_files WHERE dev = ? AND inode = ?", gone)
+                conn_of(db).executemany("DELETE FROM twin_sidecar_files WHERE dev = ? AND inode = ?", gone)
 
     def _ingest_file(
         self,
-        db: sqlite_utils.Database,
+        db: Any,
         f: sidecar.Found,
         allowed: frozenset[int],
         known: bool,
@@ -294,7 +310,7 @@ class TwinStore:
 
     def _read_file(
         self,
-        db: sqlite_utils.Database,
+        db: Any,
         fh: BinaryIO,
         name: str,
         key: tuple[int, int],
@@ -339,10 +355,12 @@ class TwinStore:
 
     @staticmethod
     def _save_offset(
-        db: sqlite_utils.Database, fh: BinaryIO, name: str, key: tuple[int, int], offset: int, line_no: int
+        db: Any, fh: BinaryIO, name: str, key: tuple[int, int], offset: int, line_no: int
     ) -> None:
         head_len = min(offset, sidecar.HEAD_BYTES)
-        db.table("twin_sidecar_files").upsert(
+        upsert(
+            db,
+            "twin_sidecar_files",
             {
                 "path": name,
                 "dev": key[0],
@@ -353,12 +371,12 @@ class TwinStore:
                 "head_len": head_len,
                 "updated_at": iso(utcnow()),
             },
-            pk=("dev", "inode"),
+            ["dev", "inode"],
         )
 
     def _ingest_line(
         self,
-        db: sqlite_utils.Database,
+        db: Any,
         name: str,
         line: sidecar.Line,
         header: list[str] | None,
@@ -392,10 +410,10 @@ class TwinStore:
 
     @staticmethod
     def _insert_event(
-        db: sqlite_utils.Database, device_id: int, event: sidecar.Event, name: str, no: int
+        db: Any, device_id: int, event: sidecar.Event, name: str, no: int
     ) -> None:
         at = iso(event.time)
-        db.table("twin_events").insert(
+        insert(db, "twin_events", returning=None, row=
             {
                 "device_id": device_id,
                 "at": at,
@@ -409,7 +427,7 @@ class TwinStore:
         )
         if event.kind == "maintenance":
             kind = event.code if event.code in MAINTENANCE_KINDS else "other"
-            db.table("twin_maintenance").insert(
+            insert(db, "twin_maintenance", returning=None, row=
                 {
                     "device_id": device_id,
                     "at": at,
@@ -430,10 +448,10 @@ class TwinStore:
 
     @staticmethod
     def _quarantine(
-        db: sqlite_utils.Database, name: str, line: sidecar.Line, reason: str, stats: IngestStats
+        db: Any, name: str, line: sidecar.Line, reason: str, stats: IngestStats
     ) -> None:
         stats.quarantined += 1
-        db.table("twin_quarantine").insert(
+        insert(db, "twin_quarantine", returning=None, row=
             {
                 "file": name,
                 "line_no": line.number,
@@ -490,10 +508,10 @@ class TwinStore:
             if not one(db, "SELECT id FROM twin_devices WHERE id = ?", [device_id]):
                 raise KeyError(f"no device {device_id}")
             deleted = {
-                t: db.execute(f"DELETE FROM {t} WHERE device_id = ?", [device_id]).rowcount
+                t: execute(db, f"DELETE FROM {t} WHERE device_id = ?", [device_id]).rowcount
                 for t in DEVICE_TABLES
             }
-            db.execute("DELETE FROM twin_devices WHERE id = ?", [device_id])
+            execute(db, "DELETE FROM twin_devices WHERE id = ?", [device_id])
         log.info("twin: device %s removed %s", device_id, deleted)
         return deleted
 
@@ -512,16 +530,16 @@ class TwinStore:
             moved = {t: _count(db, t, source) for t in DEVICE_TABLES}
             for t in ("twin_acquisitions", "twin_config", "twin_events", "twin_maintenance", "twin_health_log",
                       "twin_ai_outcomes"):
-                db.execute(f"UPDATE {t} SET device_id = ? WHERE device_id = ?", [target, source])
-            sums = ", ".join(f"{c} = {c} + excluded.{c}" for c in COUNTERS)
-            db.execute(
+                execute(db, f"UPDATE {t} SET device_id = ? WHERE device_id = ?", [target, source])
+            sums = ", ".join(f"{c} = twin_daily.{c} + excluded.{c}" for c in COUNTERS)
+            execute(db,
                 f"INSERT INTO twin_daily (device_id, day, {', '.join(COUNTERS)}) "
-                f"SELECT ?, day, {', '.join(COUNTERS)} FROM twin_daily WHERE device_id = ? "
+                f"SELECT ?, day, {', '.join(COUNTERS)} FROM twin_daily WHERE device_id = ? AND true "
                 f"ON CONFLICT(device_id, day) DO UPDATE SET {sums}",
                 [target, source],
             )
-            db.execute("DELETE FROM twin_daily WHERE device_id = ?", [source])
-            db.execute("DELETE FROM twin_health WHERE device_id IN (?, ?)", [source, target])  # judged anew
+            execute(db, "DELETE FROM twin_daily WHERE device_id = ?", [source])
+            execute(db, "DELETE FROM twin_health WHERE device_id IN (?, ?)", [source, target])  # judged anew
             updates = {
                 "first_seen": min(filter(None, (src["first_seen"], dst["first_seen"])), default=None),
                 "last_seen": max(filter(None, (src["last_seen"], dst["last_seen"])), default=None),
@@ -530,8 +548,8 @@ class TwinStore:
                 ),
             }
             updates |= {k: src[k] for k in ("device_uid", "institution", "department") if not dst[k] and src[k]}
-            db.table("twin_devices").update(target, updates)
-            db.execute("DELETE FROM twin_devices WHERE id = ?", [source])
+            update(db, "twin_devices", target, updates)
+            execute(db, "DELETE FROM twin_devices WHERE id = ?", [source])
         log.info("twin: device %s merged into %s %s", source, target, moved)
         return moved
 
@@ -544,7 +562,7 @@ class TwinStore:
         if text.isdigit() and one(db, "SELECT id FROM twin_devices WHERE id = ?", [int(text)]):
             return int(text)
         for column in ("key", "serial", "station"):
-            found = rows(db, f"SELECT id FROM twin_devices WHERE {column} = ? COLLATE NOCASE", [text])
+            found = rows(db, f"SELECT id FROM twin_devices WHERE lower({column}) = lower(?)", [text])
             if len(found) == 1:
                 return int(found[0]["id"])
         return None
@@ -584,7 +602,7 @@ class TwinStore:
         return results
 
     @staticmethod
-    def _store_health(db: sqlite_utils.Database, device_id: int, health: Health, now: datetime) -> None:
+    def _store_health(db: Any, device_id: int, health: Health, now: datetime) -> None:
         rules = sorted(f"{f.rule}:{f.status.value}" for f in health.findings if f.status.rank)
         with writing(db):
             previous = one(db, "SELECT status, findings FROM twin_health WHERE device_id = ?", [device_id])
@@ -597,7 +615,9 @@ class TwinStore:
                 if previous
                 else None
             )
-            db.table("twin_health").upsert(
+            upsert(
+                db,
+                "twin_health",
                 {
                     "device_id": device_id,
                     "status": health.status.value,
@@ -606,10 +626,10 @@ class TwinStore:
                     "findings": json.dumps([f.as_dict() for f in health.findings]),
                     "evaluated_at": iso(now),
                 },
-                pk="device_id",
+                ["device_id"],
             )
             if before != rules:
-                db.table("twin_health_log").insert(
+                insert(db, "twin_health_log", returning=None, row=
                     {
                         "device_id": device_id,
                         "at": iso(now),
@@ -633,23 +653,23 @@ class TwinStore:
             ref = ai_watch.reference_point(db, dev["id"], ai_watch.config_changes(db, dev["id"], now), now)
             keep_ai = ai_watch.kept_outcomes_sql(max(self.thresholds.ai_baseline_n, self.thresholds.ai_change_n))
             with writing(db):
-                cur = db.execute(
+                cur = execute(db,
                     f"DELETE FROM twin_acquisitions WHERE device_id = :device AND at < :cutoff "
                     f"AND sop_instance_uid NOT IN ({keep})",
                     {"device": dev["id"], "cutoff": cutoff, "after": after},
                 )
                 deleted["acquisitions"] += cur.rowcount
-                cur = db.execute(
+                cur = execute(db,
                     f"DELETE FROM twin_ai_outcomes WHERE device_id = :device AND at < :cutoff "
                     f"AND sop_instance_uid NOT IN ({keep_ai})",
                     {"device": dev["id"], "cutoff": cutoff, "after": iso(ref.at) if ref else ""},
                 )
                 deleted["ai_outcomes"] += cur.rowcount
         with writing(db):
-            deleted["telemetry"] = db.execute(
+            deleted["telemetry"] = execute(db,
                 "DELETE FROM twin_events WHERE kind = 'telemetry' AND at < ?", [cutoff]
             ).rowcount
-            deleted["quarantine"] = db.execute(
+            deleted["quarantine"] = execute(db,
                 "DELETE FROM twin_quarantine WHERE recorded_at < ?", [cutoff]
             ).rowcount
         if any(deleted.values()):
@@ -680,7 +700,7 @@ def _plausible(acquired: datetime | None, received: datetime, max_skew_s: float)
     return acquired if bound.problem(acquired) is None else received
 
 
-def _count(db: sqlite_utils.Database, table: str, device_id: int) -> int:
+def _count(db: Any, table: str, device_id: int) -> int:
     row = one(db, f"SELECT count(*) AS n FROM {table} WHERE device_id = ?", [device_id])
     return int(row["n"]) if row else 0
 

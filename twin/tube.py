@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import sqlite_utils
-
 from twin.db import iso, one
 
 #: The formula as ``device ID --json`` states it.
@@ -117,7 +115,7 @@ class TubeWear:
         }
 
 
-def _load(db: sqlite_utils.Database, device_id: int, start: datetime | None, now: datetime) -> Load:
+def _load(db: Any, device_id: int, start: datetime | None, now: datetime) -> Load:
     """Exposures acquired from ``start`` (None: the beginning) to ``now``: whole days from the daily
     rollups, the start's own day from the raw acquisitions at or after it."""
     today = iso(now)[:10]
@@ -145,7 +143,7 @@ def _load(db: sqlite_utils.Database, device_id: int, start: datetime | None, now
 
 
 def tube_wear(
-    db: sqlite_utils.Database,
+    db: Any,
     device_id: int,
     now: datetime,
     *,

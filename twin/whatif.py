@@ -16,9 +16,8 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, NamedTuple
 
-import sqlite_utils
-
 from twin import report
+from twin.db import execute
 from twin.health import Status, Thresholds, assess
 from twin.signals import Signal, signal_from_config
 
@@ -128,10 +127,11 @@ def parse_overrides(items: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def _exposures_until(db: sqlite_utils.Database, device_id: int, start: datetime | None, now: datetime) -> int:
+def _exposures_until(db: Any, device_id: int, start: datetime | None, now: datetime) -> int:
     """Exposures from the service start up to ``now``'s day: report.history counts the rollups after
     ``now`` too (right for the present, not for a day of the past)."""
-    row = db.execute(
+    row = execute(
+        db,
         "SELECT coalesce(sum(acquisitions), 0) FROM twin_daily WHERE device_id = ? AND day >= ? AND day <= ?",
         [device_id, start.date().isoformat() if start else "", now.date().isoformat()],
     ).fetchone()
@@ -139,7 +139,7 @@ def _exposures_until(db: sqlite_utils.Database, device_id: int, start: datetime 
 
 
 def replay(
-    db: sqlite_utils.Database,
+    db: Any,
     device_id: int,
     th: Thresholds,
     start: date,
@@ -188,7 +188,7 @@ def _change(current: dict[str, Any] | None, changed: dict[str, Any] | None) -> s
 
 
 def what_if(
-    db: sqlite_utils.Database,
+    db: Any,
     device_id: int,
     current: Thresholds,
     overrides: Mapping[str, str],

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydicom.uid import generate_uid
-from twin_support import NOW, make_ds, new_store
+from twin_support import NOW, both_engines, make_ds, new_store
 
 from dicom_node.config import ConfigError, parse_config
 from dicom_node.testing import NodeProcess, storescu, synthetic_cr
@@ -60,6 +60,7 @@ def _ai(store: TwinStore, dev: int, now: datetime = NOW) -> Finding:
     return next(f for f in store.health(dev, now).findings if f.rule == "ai_shift")
 
 
+@both_engines
 def test_positive_rate_jump_after_a_software_update_is_named(tmp_path: Path) -> None:
     store = new_store(tmp_path)
     jump = _stream(store, 1, days=14, per_day=50, rate_before=0.04, rate_after=0.19, seed=1)
@@ -81,6 +82,7 @@ def test_positive_rate_jump_after_a_software_update_is_named(tmp_path: Path) -> 
     assert after_qc.status is Status.OK and "learning the AI baseline (0/200" in after_qc.reason
 
 
+@both_engines
 def test_a_jump_too_small_for_the_first_days_after_an_update_is_caught_as_images_gather(tmp_path: Path) -> None:
     """4% -> 11% at an update: 4 days after it (100 images against the 600 before, Fisher p 0.01)
     within chance; 24 days after (600 against 600, p 5e-6) named. The change look's group after the
@@ -98,6 +100,7 @@ def test_a_jump_too_small_for_the_first_days_after_an_update_is_caught_as_images
     ), late.reason
 
 
+@both_engines
 def test_device_json_ai_contract_and_daily_counts(tmp_path: Path) -> None:
     store = new_store(tmp_path)
     dev = _stream(store, 3, days=14, per_day=50, rate_before=0.04, rate_after=0.19, seed=3)
@@ -115,6 +118,7 @@ def test_device_json_ai_contract_and_daily_counts(tmp_path: Path) -> None:
     assert all(0 < d["mean_score"] < 1 for d in ai["daily"])
 
 
+@both_engines
 def test_drift_within_one_configuration_is_flagged_against_the_baseline(tmp_path: Path) -> None:
     store = new_store(tmp_path)
     # no configuration change: 4% for two days (the baseline is their 200), then 19% for 7 days
@@ -127,6 +131,7 @@ def test_drift_within_one_configuration_is_flagged_against_the_baseline(tmp_path
     assert "baseline of 200 since the first images" in drift.reason
 
 
+@both_engines
 def test_outcomes_are_idempotent_skips_counted_and_bad_values_refused(tmp_path: Path) -> None:
     store = new_store(tmp_path)
     store.record_instance(make_ds("1.2.11.1", NOW - timedelta(hours=2)), received_at=NOW)
@@ -150,6 +155,7 @@ def test_outcomes_are_idempotent_skips_counted_and_bad_values_refused(tmp_path: 
         assert key in str(err.value)
 
 
+@both_engines
 def test_retention_keeps_the_ai_baseline_and_the_images_before_the_change(tmp_path: Path) -> None:
     store = new_store(tmp_path)
     # 40 days of 30 images: 1080 before the update, of which the last ai_change_n (800) are kept

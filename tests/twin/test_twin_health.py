@@ -7,7 +7,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from twin_support import NOW, di_series, event, make_ds, new_store, times, write_jsonl
+from twin_support import NOW, both_engines, di_series, event, make_ds, new_store, times, write_jsonl
 
 from twin.health import DeviceHistory, Status, Thresholds, assess, cusum_arl, decision_interval, fault_rule
 from twin.store import TwinStore
@@ -38,6 +38,7 @@ def _background_log(side: Path, start: datetime, end: datetime, seed: int, rate:
     write_jsonl(side / "XR01" / "events.jsonl", events)
 
 
+@both_engines
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_stable_device_stays_ok_over_500_acquisitions(tmp_path: Path, seed: int) -> None:
     store = new_store(tmp_path)
@@ -55,6 +56,7 @@ def test_stable_device_stays_ok_over_500_acquisitions(tmp_path: Path, seed: int)
     assert [e["status"] for e in evaluated] == ["OK"]
 
 
+@both_engines
 @pytest.mark.parametrize(("seed", "rate", "step"), [(11, 0.1, 0.0), (12, 0.05, 0.0), (13, 0.0, 2.0)])
 def test_drifting_device_turns_warn_within_30_acquisitions(tmp_path: Path, seed: int, rate: float, step: float) -> None:
     store = new_store(tmp_path)
@@ -75,6 +77,7 @@ def test_drifting_device_turns_warn_within_30_acquisitions(tmp_path: Path, seed:
     assert any("exposure index drifting" in r or "deviation index beyond" in r for r in health.reasons)
 
 
+@both_engines
 def test_fault_burst_raises_an_alert_naming_the_faults(tmp_path: Path) -> None:
     store = new_store(tmp_path)
     side = tmp_path / "side"
@@ -97,6 +100,7 @@ def test_fault_burst_raises_an_alert_naming_the_faults(tmp_path: Path) -> None:
     assert record["faults"] >= 10 and record["fault_events"][0]["code"] in ("E-DET-310", "E-GEN-201")
 
 
+@both_engines
 def test_calibration_lapse_warns_then_alerts(tmp_path: Path) -> None:
     store = new_store(tmp_path)
     old = NOW.date() - timedelta(days=200)
@@ -109,6 +113,7 @@ def test_calibration_lapse_warns_then_alerts(tmp_path: Path) -> None:
     assert store.health(dev, NOW + timedelta(days=2)).status is Status.OK
 
 
+@both_engines
 def test_detector_temperature_out_of_range(tmp_path: Path) -> None:
     store = new_store(tmp_path)
     ts = times(3, NOW)
@@ -125,6 +130,7 @@ def test_detector_temperature_out_of_range(tmp_path: Path) -> None:
     assert store2.health(dev, NOW).status is Status.OK
 
 
+@both_engines
 def test_silent_device(tmp_path: Path) -> None:
     store = new_store(tmp_path)
     ts = times(200, NOW - timedelta(days=5), every=timedelta(hours=1))
@@ -136,6 +142,7 @@ def test_silent_device(tmp_path: Path) -> None:
     assert alert.status is Status.ALERT and alert.since == ts[-1]
 
 
+@both_engines
 def test_service_interval_projects_next_due_date(tmp_path: Path) -> None:
     th = Thresholds(service_interval_days=182, service_interval_exposures=1000)
     start = NOW - timedelta(days=10)

@@ -8,16 +8,18 @@ from pathlib import Path
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from twin_support import event, make_ds, new_store, write_jsonl
+from twin_support import both_engines, event, make_ds, new_store, write_jsonl
 
 from twin import jobs
+from twin.db import one
 from twin.store import TwinStore
 
 
 def _stored_health(store: TwinStore) -> dict[str, Any] | None:
-    return next(iter(store._connect().query("SELECT * FROM twin_health")), None)
+    return one(store._connect(), "SELECT * FROM twin_health")
 
 
+@both_engines
 def test_jobs_ingest_the_sidecar_and_evaluate(tmp_path: Path) -> None:
     store = new_store(tmp_path)
     now = datetime.now(UTC)

@@ -9,15 +9,16 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from twin_support import NOW, event, new_store, write_jsonl
+from twin_support import NOW, both_engines, event, new_store, write_jsonl
 
 from twin import sidecar
-from twin.db import thread_local_connect, utcnow
+from twin.db import primary_key, utcnow
+from twin.db import rows as twin_rows
 from twin.store import TwinStore
 
 
 def _events(store: TwinStore) -> list[tuple[str, int]]:
-    rows = store._connect().query("SELECT file, line_no FROM twin_events ORDER BY file, line_no")
+    rows = twin_rows(store._connect(), "SELECT file, line_no FROM twin_events ORDER BY file, line_no")
     return [(r["file"], r["line_no"]) for r in rows]
 
 
@@ -30,6 +31,7 @@ def side(tmp_path: Path) -> Path:
     return tmp_path / "sidecar"
 
 
+@both_engines
 def test_bad_lines_are_quarantined_and_good_lines_around_them_kept(tmp_path: Path, side: Path) -> None:
     store = new_store(tmp_path)
     lines: list[dict | str] = [
@@ -59,6 +61,7 @@ def test_bad_lines_are_quarantined_and_good_lines_around_them_kept(tmp_path: Pat
     assert store.quarantine_count() == 6
 
 
+@both_engines
 def test_each_line_is_read_once_and_appends_resume(tmp_path: Path, side: Path) -> None:
     store = new_store(tmp_path)
     path = side / "a.jsonl"
@@ -77,6 +80,7 @@ def test_each_line_is_read_once_and_appends_resume(tmp_path: Path, side: Path) -
     assert new_store(tmp_path).ingest_sidecar(side, settle_s=0).events == 0
 
 
+@both_engines
 def test_rotation_reads_the_new_file_and_the_rest_of_the_renamed_one(tmp_path: Path, side: Path) -> None:
     store = new_store(tmp_path)
     path = side / "events.jsonl"
@@ -96,6 +100,7 @@ def test_rotation_reads_the_new_file_and_the_rest_of_the_renamed_one(tmp_path: P
     ]
 
 
+@both_engines
 def test_truncation_and_rewrite_start_over(tmp_path: Path, side: Path) -> None:
     store = new_store(tmp_path)
     path = side / "events.jsonl"
@@ -116,6 +121,7 @@ def test_truncation_and_rewrite_start_over(tmp_path: Path, side: Path) -> None:
     assert (stats.truncated, stats.events) == (1, 4)
 
 
+@both_engines
 def test_csv_logs_and_bad_csv_header(tmp_path: Path, side: Path) -> None:
     store = new_store(tmp_path)
     side.mkdir(parents=True)
@@ -141,6 +147,7 @@ def test_csv_logs_and_bad_csv_header(tmp_path: Path, side: Path) -> None:
     assert store.devices(NOW)[0]["faults"] == 1
 
 
+@both_engines
 def test_unreadable_bytes_and_long_lines_are_quarantined(tmp_path: Path, side: Path) -> None:
     store = new_store(tmp_path)
     side.mkdir(parents=True)
@@ -150,6 +157,7 @@ def test_unreadable_bytes_and_long_lines_are_quarantined(tmp_path: Path, side: P
     assert (stats.events, stats.quarantined) == (2, 2)
 
 
+@both_engines
 def test_missing_folder_and_hidden_files_are_ignored(tmp_path: Path, side: Path) -> None:
     store = new_store(tmp_path)
     assert store.ingest_sidecar(side, settle_s=0).files == 0
@@ -159,6 +167,7 @@ def test_missing_folder_and_hidden_files_are_ignored(tmp_path: Path, side: Path)
     assert store.ingest_sidecar(side, settle_s=0).files == 0
 
 
+@both_engines
 def test_ambiguous_device_is_quarantined(tmp_path: Path, side: Path) -> None:
     """A station name shared by two known devices cannot say which one logged the event."""
     store = new_store(tmp_path)
@@ -177,6 +186,7 @@ def test_ambiguous_device_is_quarantined(tmp_path: Path, side: Path) -> None:
     assert reasons[0].startswith("device matches 2 known devices") and reasons[1].startswith("device: no serial")
 
 
+@both_engines
 def test_a_crash_mid_batch_reads_nothing_twice(tmp_path: Path, side: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Events and the offset commit together: a failure rolls both back, the retry reads each line once.
 
@@ -202,6 +212,7 @@ def test_a_crash_mid_batch_reads_nothing_twice(tmp_path: Path, side: Path, monke
     assert [n for _, n in _events(store)] == [1, 2, 3, 4, 5]
 
 
+@both_engines
 def test_times_too_far_ahead_or_reset_are_quarantined(tmp_path: Path, side: Path) -> None:
     """Issue 12 items 3 and 7: one bound on every sidecar time (twin.max_clock_skew_s), and a time
     that cannot even be placed in the local zone (year 1) is a bad line, not a stopped intake."""
@@ -223,7 +234,7 @@ def test_times_too_far_ahead_or_reset_are_quarantined(tmp_path: Path, side: Path
     assert "days ahead" in reasons[3] and reasons[4].startswith("time: out of range")
     assert "before 1990-01-01" in reasons[5]
     # a wider tolerance is the admin's choice
-    wide = TwinStore(thread_local_connect(tmp_path / "wide.db"), max_clock_skew_s=6 * 3600)
+    wide = new_store(tmp_path / "wide", max_clock_skew_s=6 * 3600)
     assert wide.ingest_sidecar(side, settle_s=0).events == 4
 
 
@@ -269,6 +280,6 @@ def test_offsets_kept_by_path_before_are_rekeyed_by_inode(tmp_path: Path, side: 
     db.close()
     write_jsonl(side / "a.jsonl", [_ok(3)], mode="a")
     again = new_store(tmp_path)
-    assert again._connect().table("twin_sidecar_files").pks == ["dev", "inode"]
+    assert primary_key(again._connect(), "twin_sidecar_files") == ["dev", "inode"]
     assert again.ingest_sidecar(side, settle_s=0).events == 1
     assert [n for _, n in _events(again)] == [1, 2, 3]

@@ -2,46 +2,45 @@
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from datetime import date, timedelta
 from pathlib import Path
 
-from twin_support import NOW, PATIENT_ID, PATIENT_NAME, event, make_ds, new_store, times, write_jsonl
+from twin_support import NOW, PATIENT_ID, PATIENT_NAME, both_engines, event, make_ds, new_store, times, write_jsonl
 
-from twin.db import iso
+from twin.db import TABLES, iso, rows
 from twin.store import TwinStore
 
 
-def _table_counts(path: Path) -> dict[str, int]:
-    con = sqlite3.connect(path)
-    try:
-        names = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table' AND name LIKE 'twin_%'")]
-        return {n: con.execute(f"SELECT count(*) FROM {n}").fetchone()[0] for n in names}
-    finally:
-        con.close()
+def _table_counts(store: TwinStore) -> dict[str, int]:
+    db = store._connect()
+    return {n: int(rows(db, f"SELECT count(*) AS n FROM {n}")[0]["n"]) for n in TABLES}
 
 
+@both_engines
 def test_recording_the_same_instance_twice_changes_nothing(tmp_path: Path) -> None:
     store = new_store(tmp_path)
     ds = make_ds("1.2.3.1", NOW)
     first = store.record_instance(ds, received_at=NOW)
-    before = _table_counts(tmp_path / "node.db")
+    before = _table_counts(store)
     daily_before = store.device(first, NOW)["usage_per_day"]
     again = store.record_instance(ds, received_at=NOW + timedelta(hours=1))
     assert again == first
-    assert _table_counts(tmp_path / "node.db") == before
+    assert _table_counts(store) == before
     assert store.device(first, NOW)["usage_per_day"] == daily_before
     assert store.devices(NOW)[0]["acquisitions"] == 1
 
 
+@both_engines
 def test_no_patient_data_is_stored(tmp_path: Path) -> None:
     store = new_store(tmp_path)
     store.record_instance(make_ds("1.2.3.2", NOW), received_at=NOW)
-    dump = "\n".join(sqlite3.connect(tmp_path / "node.db").iterdump())
+    db = store._connect()
+    dump = "\n".join(repr(rows(db, f"SELECT * FROM {table}")) for table in TABLES)  # every twin row
     assert PATIENT_NAME.split("^")[0] not in dump and PATIENT_ID not in dump
 
 
+@both_engines
 def test_software_update_is_history_not_a_new_device(tmp_path: Path) -> None:
     store = new_store(tmp_path)
     ts = times(6, NOW)
@@ -63,6 +62,7 @@ def test_software_update_is_history_not_a_new_device(tmp_path: Path) -> None:
     assert rec["configuration"]["software_versions"] == "VB20" and rec["acquisitions"] == 7
 
 
+@both_engines
 def test_out_of_order_old_instance_does_not_fake_a_change(tmp_path: Path) -> None:
     store = new_store(tmp_path)
     ts = times(4, NOW)
@@ -76,6 +76,7 @@ def test_out_of_order_old_instance_does_not_fake_a_change(tmp_path: Path) -> Non
     ]
 
 
+@both_engines
 def test_devices_are_keyed_by_serial_or_station(tmp_path: Path) -> None:
     store = new_store(tmp_path)
     a = store.record_instance(make_ds("2.1", NOW, serial="SN-A"), received_at=NOW)
@@ -90,6 +91,7 @@ def test_devices_are_keyed_by_serial_or_station(tmp_path: Path) -> None:
     assert s1 == s2 and store.device(s1, NOW)["key"] == "acme medical|dr-9000|sn:sn-p3"
 
 
+@both_engines
 def test_sidecar_first_then_headers_is_one_device(tmp_path: Path) -> None:
     store = new_store(tmp_path)
     write_jsonl(tmp_path / "side" / "log.jsonl", [event(NOW - timedelta(hours=2), "power", code="ON", serial="SN-7")])
@@ -100,6 +102,7 @@ def test_sidecar_first_then_headers_is_one_device(tmp_path: Path) -> None:
     assert len(devices) == 1 and devices[0]["id"] == dev and devices[0]["manufacturer"] == "Acme Medical"
 
 
+@both_engines
 def test_maintenance_records(tmp_path: Path) -> None:
     store = new_store(tmp_path)
     dev = store.record_instance(make_ds("4.1", NOW), received_at=NOW)
@@ -118,6 +121,7 @@ def test_maintenance_records(tmp_path: Path) -> None:
             raise AssertionError("expected an error")
 
 
+@both_engines
 def test_retention_drops_raw_rows_but_keeps_rollups_and_baseline(tmp_path: Path) -> None:
     store = new_store(tmp_path)
     ts = times(120, NOW, every=timedelta(days=1))
@@ -131,6 +135,7 @@ def test_retention_drops_raw_rows_but_keeps_rollups_and_baseline(tmp_path: Path)
     assert "learning" not in store.health(dev["id"], NOW).findings[1].reason
 
 
+@both_engines
 def test_threads_share_one_database_file(tmp_path: Path) -> None:
     """Each thread uses its own connection (the node's contract); WAL lets them all write."""
     store = new_store(tmp_path)
@@ -152,32 +157,41 @@ def test_threads_share_one_database_file(tmp_path: Path) -> None:
     assert sorted(d["acquisitions"] for d in store.devices(NOW)) == [80, 80]
 
 
-def test_works_on_the_node_store_connections(tmp_path: Path) -> None:
-    """The node hands ``Store.db`` as ``connect`` (autocommit connections, sqlite3.Row rows)."""
+def test_lives_in_the_node_database_on_either_engine(database: str) -> None:
+    """On ``Store.conn`` (what the node hands on PostgreSQL too): threads write one device each without
+    a duplicate, and a twin write inside a node transaction is a savepoint of it (all or nothing)."""
     from dicom_node.store import Store
 
-    node_store = Store(tmp_path / "node.db")
+    node_store = Store(database)
     try:
-        store = TwinStore(node_store.db)
+        store = TwinStore(node_store.conn)
         errors: list[BaseException] = []
 
         def work(k: int) -> None:
             try:
-                for i in range(20):
-                    store.record_instance(make_ds(f"7.{k}.{i}", NOW), received_at=NOW)
+                for i in range(10):
+                    store.record_instance(make_ds(f"8.{k}.{i}", NOW, serial=f"SN-N{k % 2}"), received_at=NOW)
             except BaseException as exc:  # noqa: BLE001 - collected and asserted below
                 errors.append(exc)
 
-        threads = [threading.Thread(target=work, args=(k,)) for k in range(3)]
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        write_jsonl(tmp_path / "side" / "a.jsonl", [event(NOW, "fault", code="E1")])
-        assert store.ingest_sidecar(tmp_path / "side", settle_s=0).events == 1
-        assert not errors and store.devices(NOW)[0]["acquisitions"] == 60
-        assert store.evaluate(NOW)[0]["status"] == "OK"
-        assert not node_store.conn().in_transaction
+        assert not errors
+        assert sorted(d["acquisitions"] for d in store.devices(NOW)) == [20, 20]
+        device = store.devices(NOW)[0]["id"]
+        try:
+            with node_store.transaction():
+                store.add_maintenance(device, "qc", "in the node's transaction", at=NOW)
+                raise RuntimeError("the node's step fails")
+        except RuntimeError:
+            pass
+        assert store.device(device, NOW)["maintenance"] == []  # rolled back with the node's
+        with node_store.transaction():
+            store.add_maintenance(device, "qc", "kept", at=NOW)
+        assert [m["note"] for m in store.device(device, NOW)["maintenance"]] == ["kept"]
     finally:
         node_store.close()
 
@@ -204,6 +218,7 @@ def test_implausible_acquisition_dates_fall_back_to_receipt(tmp_path) -> None:  
     assert dev["health"]["status"] == "OK", dev["health"]
 
 
+@both_engines
 def test_header_times_ahead_of_the_clock_fall_back_to_receipt(tmp_path: Path) -> None:
     """Issue 12 item 3, headers: the same bound as sidecar lines (twin.max_clock_skew_s)."""
     store = new_store(tmp_path)
@@ -213,7 +228,7 @@ def test_header_times_ahead_of_the_clock_fall_back_to_receipt(tmp_path: Path) ->
     store.record_instance(
         make_ds("9.3", NOW - timedelta(hours=1), calibrated=date(9999, 12, 31)), received_at=received
     )
-    at = {r["sop_instance_uid"]: r["at"] for r in store._connect().query("SELECT * FROM twin_acquisitions")}
+    at = {r["sop_instance_uid"]: r["at"] for r in rows(store._connect(), "SELECT * FROM twin_acquisitions")}
     assert at["9.1"].startswith("2025-03-01T12:04") and at["9.2"] == iso(received)
     [dev] = store.devices(NOW)
     assert dev["last_seen"] <= iso(NOW + timedelta(minutes=5))

@@ -10,7 +10,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from twin_support import NOW, make_ds, new_store, run_twin_cli
+from twin_support import NOW, both_engines, connect_for, make_ds, new_store, run_twin_cli
 
 from dicom_node.config import ConfigError, parse_config
 from twin.db import thread_local_connect
@@ -39,6 +39,7 @@ def _tube(store: TwinStore) -> dict:
     return store.device(dev, NOW)["tube"]
 
 
+@both_engines
 def test_load_without_a_rated_life_shows_sums_and_counts_exposures_without_load(tmp_path: Path) -> None:
     store = new_store(tmp_path)
     _send(store, days=10, per_day=6, without=2)
@@ -56,9 +57,10 @@ def test_load_without_a_rated_life_shows_sums_and_counts_exposures_without_load(
     assert "rated life unknown" in finding.reason and "20 without kVp or mAs" in finding.reason
 
 
+@both_engines
 def test_rated_life_gives_fraction_projection_warn_and_alert(tmp_path: Path) -> None:
     per_exposure = heat_units(KVP, MAS, 1.0)
-    store = TwinStore(thread_local_connect(tmp_path / "node.db"),
+    store = TwinStore(connect_for(tmp_path),
                       thresholds=Thresholds(tube_heat_unit_factor=1.0, tube_rate_days=20))
     _send(store, days=40, per_day=10)
     used = 400 * per_exposure
@@ -81,6 +83,7 @@ def test_rated_life_gives_fraction_projection_warn_and_alert(tmp_path: Path) -> 
             assert finding["reason"] in rec["health"]["reasons"] and finding["since"] is not None
 
 
+@both_engines
 def test_tube_record_restarts_the_load_from_that_moment(tmp_path: Path) -> None:
     store = new_store(tmp_path)
     _send(store, days=5, per_day=8)  # 8 a day, from midnight every 30 min

@@ -10,11 +10,12 @@ import json
 import sqlite3
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
-from twin_support import NOW, new_store, ramp_log, run_twin_cli
+from twin_support import NOW, both_engines, connect_for, new_store, ramp_log, run_twin_cli
 
-from twin.db import thread_local_connect
+from twin.db import TABLES, rows, thread_local_connect
 from twin.health import Status, Thresholds
 from twin.store import TwinStore
 from twin.whatif import WhatIfError, apply_overrides, replay, what_if
@@ -29,13 +30,20 @@ def _dump_hash(db_file: Path) -> str:
         conn.close()
 
 
+def _rows_hash(db: Any) -> str:
+    """Hash of every row of every twin table, on either engine."""
+    dump = "\n".join(repr(rows(db, f"SELECT * FROM {t} ORDER BY 1")) for t in TABLES)
+    return hashlib.sha256(dump.encode()).hexdigest()
+
+
+@both_engines
 def test_replay_judges_each_day_from_the_rows_stored_up_to_it(tmp_path: Path) -> None:
     # tube housing 45 °C rising 0.3 °C/day over 40 days: 57 °C at NOW, its 60 °C warn limit 10 days on
     ramp_log(tmp_path / "side", "tube_housing_temperature", 45.0, 0.3)
     store = new_store(tmp_path)
     store.ingest_sidecar(tmp_path / "side", settle_s=0)
     dev = store.find_device("SN-1001") or 0
-    db = thread_local_connect(tmp_path / "node.db")()
+    db = connect_for(tmp_path)()
     start = (NOW - timedelta(days=30)).date()
     verdicts = replay(db, dev, Thresholds(), start, NOW)
     forecast_days = sorted({v.day for v in verdicts if v.rule == "tube_housing_temperature_forecast"})
@@ -49,13 +57,14 @@ def test_replay_judges_each_day_from_the_rows_stored_up_to_it(tmp_path: Path) ->
     assert replay(db, dev, Thresholds(), (NOW - timedelta(days=45)).date(), NOW - timedelta(days=41)) == []
 
 
+@both_engines
 def test_what_if_shows_earlier_and_new_alerts_and_changes_nothing(tmp_path: Path) -> None:
     ramp_log(tmp_path / "side", "tube_housing_temperature", 45.0, 0.3)
     store = new_store(tmp_path)
     store.ingest_sidecar(tmp_path / "side", settle_s=0)
     dev = store.find_device("SN-1001") or 0
-    before = _dump_hash(tmp_path / "node.db")
-    db = thread_local_connect(tmp_path / "node.db")()
+    before = _rows_hash(store._connect())
+    db = connect_for(tmp_path)()
     start = (NOW - timedelta(days=35)).date()
     result = what_if(db, dev, Thresholds(), {"forecast_warn_days": "30",
                                              "signals.tube_housing_temperature.warn": ",50"}, start, NOW)
@@ -76,7 +85,7 @@ def test_what_if_shows_earlier_and_new_alerts_and_changes_nothing(tmp_path: Path
                                              "signals.tube_housing_temperature.warn": ",66"}, start, NOW)
     gone = {r["rule"]: r["change"] for r in looser["rules"]}
     assert gone["tube_housing_temperature_forecast"] == "would no longer fire"
-    assert _dump_hash(tmp_path / "node.db") == before
+    assert _rows_hash(store._connect()) == before
 
 
 def test_bad_overrides_name_the_valid_names() -> None:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 import typer
 from pydicom.dataset import Dataset
 from typer.testing import CliRunner
@@ -26,8 +27,44 @@ PATIENT_NAME = "DOE^JANE^SECRET"
 PATIENT_ID = "PID-SECRET-42"
 
 
-def new_store(tmp_path: Path) -> TwinStore:
-    return TwinStore(thread_local_connect(tmp_path / "node.db"))
+#: run a store-level test once on each engine (the ``twin_engine`` fixture, tests/twin/conftest.py)
+both_engines = pytest.mark.usefixtures("twin_engine")
+
+
+class Engine:
+    """The engine of this test's twin stores, set by the ``twin_engine`` fixture (tests/twin/conftest.py):
+    SQLite files under the test's folders by default, else one PostgreSQL database per folder."""
+
+    make: Callable[[], str] | None = None  # a fresh PostgreSQL database URL, when on PostgreSQL
+    targets: dict[Path, str] = {}
+    connects: list[thread_local_connect] = []
+
+    @classmethod
+    def reset(cls, make: Callable[[], str] | None) -> None:
+        for connect in cls.connects:
+            connect.close()
+        cls.make, cls.targets, cls.connects = make, {}, []
+
+
+def database_for(tmp_path: Path) -> str | Path:
+    """Where a twin store on ``tmp_path`` lives: ``tmp_path/node.db``, or on PostgreSQL a database of
+    its own (the same one for the same folder, so a test may open it again)."""
+    if Engine.make is None:
+        tmp_path.mkdir(parents=True, exist_ok=True)
+        return tmp_path / "node.db"
+    if tmp_path not in Engine.targets:
+        Engine.targets[tmp_path] = Engine.make()
+    return Engine.targets[tmp_path]
+
+
+def connect_for(tmp_path: Path) -> thread_local_connect:
+    connect = thread_local_connect(database_for(tmp_path))
+    Engine.connects.append(connect)
+    return connect
+
+
+def new_store(tmp_path: Path, **options: Any) -> TwinStore:
+    return TwinStore(connect_for(tmp_path), **options)
 
 
 def dicom_dt(at: datetime) -> str:
