@@ -16,7 +16,7 @@ def node_status(cfg: Config, store: Store | None = None) -> dict[str, Any]:
     Reads the database, so it works from another process while the node serves.
     """
     own = store is None
-    st = store or Store(cfg.db_path)
+    st = store or Store(cfg.database)
     try:
         data = st.status()
         model_state = st.meta("model_state")

@@ -127,7 +127,7 @@ def create_app(node: AdminNode, http_counters: dict[str, int] | None = None) -> 
     @app.get("/devices/{device_id}", response_class=HTMLResponse, include_in_schema=False)
     def device(request: Request, device_id: str) -> HTMLResponse:
         try:
-            page = device_page(node.twin, node.store.db(), _device_id(node, device_id))
+            page = device_page(node.twin, node.store.conn(), _device_id(node, device_id))
         except HTTPException as exc:
             return render(request, "missing.html", 404, what=exc.detail)
         return render(request, "device.html", drift_note=health_chart_note(page["device"]), **page)

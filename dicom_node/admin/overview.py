@@ -35,7 +35,7 @@ def overview(node: Any, started_at: float, *, studies: int = 10, associations: i
     is off) and associations, and the devices (worst first)."""
     store = node.store
     status = node_status(node.cfg, store)
-    devices = sorted(device_rows(node.twin, store.db()),
+    devices = sorted(device_rows(node.twin, store.conn()),
                      key=lambda d: (STATUS_ORDER.get(d["health"]["status"], 3), d["id"]))
     health = Counter(d["health"]["status"] for d in devices)
     by_destination: dict[str, dict[str, int]] = {}

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dicom_node.store import Store
+from dicom_node.store.dialect import group_concat
 
 # seconds; analysis on a CPU takes seconds, on a GPU a fraction of one
 LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -22,9 +23,10 @@ def recent_studies(store: Store, limit: int = 10, thumbs: int = 4) -> list[dict[
     conn = store.conn()
     studies = [dict(r) for r in conn.execute(
         "SELECT study_instance_uid, COUNT(*) AS instances, MIN(received_at) AS first_received_at,"
-        " MAX(received_at) AS last_received_at, GROUP_CONCAT(DISTINCT calling_ae) AS senders,"
-        " GROUP_CONCAT(DISTINCT modality) AS modalities"
-        " FROM instances GROUP BY study_instance_uid ORDER BY last_received_at DESC LIMIT ?", (limit,))]
+        f" MAX(received_at) AS last_received_at, {group_concat(store, 'calling_ae', distinct=True)} AS senders,"
+        f" {group_concat(store, 'modality', distinct=True)} AS modalities"
+        " FROM instances GROUP BY study_instance_uid ORDER BY last_received_at DESC, study_instance_uid"
+        " LIMIT ?", (limit,))]
     for s in studies:
         uid = s["study_instance_uid"]
         outcomes = {r[0]: r[1] for r in conn.execute(
@@ -41,10 +43,13 @@ def recent_studies(store: Store, limit: int = 10, thumbs: int = 4) -> list[dict[
         s["overlays"] = [dict(r) for r in conn.execute(
             "SELECT r.source_sop_instance_uid AS sop_instance_uid, COALESCE(a.n_findings, 0) AS n_findings"
             " FROM results r LEFT JOIN analyses a ON a.sop_instance_uid = r.source_sop_instance_uid"
-            " WHERE r.study_instance_uid = ? AND r.kind = 'sc' ORDER BY r.created_at LIMIT ?", (uid, thumbs))]
+            " WHERE r.study_instance_uid = ? AND r.kind = 'sc'"
+            " ORDER BY r.created_at, r.source_sop_instance_uid LIMIT ?", (uid, thumbs))]
         s["overlay_count"] = conn.execute(
             "SELECT COUNT(*) FROM results WHERE study_instance_uid = ? AND kind = 'sc'", (uid,)).fetchone()[0]
-        s["senders"] = sorted(set((s["senders"] or "").split(","))) if s["senders"] else []
+        s["senders"] = sorted(set(s["senders"].split(","))) if s["senders"] else []
+        # neither engine orders the values of a DISTINCT aggregate (SQLite takes no ORDER BY in it)
+        s["modalities"] = ",".join(sorted(set(s["modalities"].split(",")))) if s["modalities"] else None
     return studies
 
 
@@ -79,19 +84,19 @@ def association_outcomes(store: Store) -> dict[str, int]:
 def deliveries_by_destination(store: Store) -> list[dict[str, Any]]:
     """Result deliveries per destination and state, with their attempts."""
     return [dict(r) for r in store.conn().execute(
-        "SELECT destination, state, COUNT(*) AS n, COALESCE(SUM(attempts), 0) AS attempts"
+        "SELECT destination, state, COUNT(*) AS n, CAST(COALESCE(SUM(attempts), 0) AS BIGINT) AS attempts"
         " FROM deliveries GROUP BY destination, state ORDER BY destination, state")]
 
 
 def peer_status(store: Store) -> dict[str, dict[str, Any]]:
-    return {r["name"]: dict(r) for r in store.conn().execute("SELECT * FROM peer_status")}
+    return {r["name"]: dict(r) for r in store.conn().execute("SELECT * FROM peer_status ORDER BY name")}
 
 
 def latest_model(store: Store) -> dict[str, Any] | None:
     """Name and version of the model behind the latest analysis, with when it ran."""
     row = store.conn().execute(
         "SELECT model_name, model_version, analysed_at FROM analyses WHERE model_version IS NOT NULL"
-        " ORDER BY analysed_at DESC LIMIT 1").fetchone()
+        " ORDER BY analysed_at DESC, sop_instance_uid LIMIT 1").fetchone()
     return dict(row) if row else None
 
 
@@ -101,9 +106,10 @@ def latency_histogram(store: Store, column: str,
     ``analyses.<column>`` (``total_ms`` or ``inference_ms``) over analysed images."""
     if column not in ("total_ms", "inference_ms", "preprocess_ms"):
         raise ValueError(f"column: total_ms, inference_ms or preprocess_ms (got {column!r})")
-    sums = ", ".join(f"COALESCE(SUM({column} <= {b * 1000!r}), 0)" for b in buckets_s)
+    # COUNT of a CASE, not SUM of a comparison: PostgreSQL's comparisons are booleans, which it does not sum
+    counts = ", ".join(f"COUNT(CASE WHEN {column} <= {b * 1000!r} THEN 1 END)" for b in buckets_s)
     row = store.conn().execute(
-        f"SELECT COUNT({column}), COALESCE(SUM({column}), 0), {sums} FROM analyses"
+        f"SELECT COUNT({column}), CAST(COALESCE(SUM({column}), 0) AS DOUBLE PRECISION), {counts} FROM analyses"
         f" WHERE outcome = 'analysed' AND {column} IS NOT NULL").fetchone()
     count, total_ms = int(row[0]), float(row[1])
     return [(b, int(n)) for b, n in zip(buckets_s, row[2:], strict=True)], count, total_ms / 1000

@@ -28,6 +28,7 @@ from dicom_node.cli import ConfigOpt, fail, get_config
 from dicom_node.config import Config
 from dicom_node.logs import LOG_FILE
 from dicom_node.store import Store
+from dicom_node.store.dialect import json_text
 
 DEFAULT_LINES = 100
 POLL_S = 0.5
@@ -111,7 +112,7 @@ def device_filter(cfg: Config, ref: str) -> DeviceFilter:
     if device_id is None:
         raise fail(f"--device: no device {ref!r} (give its id, serial number or station name; see `devices`)", 1)
     station = twin.device(device_id).get("station")
-    store = Store(cfg.db_path)
+    store = Store(cfg.database)
     try:
         conn = store.conn()
         instances = {r[0] for r in conn.execute(
@@ -124,7 +125,10 @@ def device_filter(cfg: Config, ref: str) -> DeviceFilter:
     return DeviceFilter(device_id, station, aes, instances)
 
 
-def _database(cfg: Config) -> Path:
+def _database(cfg: Config) -> Path | str:
+    """The node's database: the ``storage.database`` URL, else the SQLite file (which must exist)."""
+    if cfg.storage.database is not None:
+        return cfg.database
     if not cfg.db_path.exists():
         raise fail(f"no database at {cfg.db_path}: has the node run with this config (storage.dir)?", 1)
     return cfg.db_path
@@ -245,7 +249,7 @@ def audit_rows(store: Store, since: datetime | None, *, after_id: int = 0) -> li
     for r in store.conn().execute(
             "SELECT a.id, a.at, a.event, a.peer_ae, a.peer_host, a.outcome, a.detail, r.kind,"
             " r.source_sop_instance_uid FROM audit a LEFT JOIN results r ON a.event = 'delivery'"
-            " AND r.sop_instance_uid = json_extract(a.detail, '$.result_uid')"
+            f" AND r.sop_instance_uid = {json_text(store, 'a.detail', 'result_uid')}"
             " WHERE a.at >= ? AND a.id > ? ORDER BY a.id", (t0, after_id)):
         row = {"id": r["id"], "time": _iso(r["at"]), "at": r["at"], "event": r["event"], "peer_ae": r["peer_ae"],
                "peer_host": r["peer_host"], "outcome": r["outcome"]}

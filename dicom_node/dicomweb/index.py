@@ -104,15 +104,23 @@ def _multi(value: object) -> bool:
 
 def objects(store: Store, *, study: str | None = None, series: str | None = None,
             instance: str | None = None) -> list[dict[str, Any]]:
-    """Index rows (``attributes`` decoded), oldest first, narrowed by the UIDs given."""
+    """Index rows (``attributes`` decoded), oldest first (by when the instance was received or the
+    result made), narrowed by the UIDs given."""
     refresh(store)
     where, args = [], []
     for column, value in (("study_instance_uid", study), ("series_instance_uid", series),
                           ("sop_instance_uid", instance)):
         if value is not None:
-            where.append(f"{column} = ?")
+            where.append(f"x.{column} = ?")
             args.append(value)
-    sql = "SELECT * FROM dicomweb_index" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY rowid"
+    # Not SQLite's rowid (PostgreSQL has none): the object's own time, then its UID, on either engine.
+    # An object no longer in instances or results (none is deleted today) comes last.
+    sql = ("SELECT x.* FROM dicomweb_index x"
+           " LEFT JOIN instances i ON x.origin = 'received' AND i.sop_instance_uid = x.sop_instance_uid"
+           " LEFT JOIN results r ON x.origin = 'result' AND r.sop_instance_uid = x.sop_instance_uid"
+           + (" WHERE " + " AND ".join(where) if where else "")
+           + " ORDER BY CASE WHEN COALESCE(i.received_at, r.created_at) IS NULL THEN 1 ELSE 0 END,"
+           " COALESCE(i.received_at, r.created_at), x.sop_instance_uid")
     rows = []
     for r in store.conn().execute(sql, args):
         row = dict(r)
