@@ -81,7 +81,7 @@ class Node:
         self.outbox.sweep(idle_s)
         self.device_uid = self.store.set_meta_once("node_device_uid", generate_uid())
         self.identity = NodeIdentity(ae_title=cfg.node.ae_title, device_uid=self.device_uid)
-        self.twin = TwinStore(self.store.db, thresholds=cfg.twin.thresholds(),
+        self.twin = TwinStore(self.store.conn, thresholds=cfg.twin.thresholds(),
                               max_clock_skew_s=cfg.twin.max_clock_skew_s)
         if steps is None:
             steps = build_steps(cfg, self.store, self.outbox, self.identity, self.twin)

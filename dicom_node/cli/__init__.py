@@ -186,7 +186,7 @@ def results(
     from dicom_node.store import Store
 
     cfg = get_config(config)
-    store = Store(cfg.db_path)
+    store = Store(cfg.database)
     try:
         study = store.study(study_uid)
     finally:
@@ -231,15 +231,17 @@ def deliveries(
     from dicom_node.store import Store
 
     cfg = get_config(config)
-    store = Store(cfg.db_path)
+    store = Store(cfg.database)
     try:
         requeued = store.requeue("deliver") if retry else 0
         if retry:
             store.conn().execute("UPDATE deliveries SET state='queued', error=NULL WHERE state='failed'")
         rows = [dict(r) for r in store.conn().execute(
-            "SELECT destination, state, COUNT(*) AS n FROM deliveries GROUP BY destination, state")]
+            "SELECT destination, state, COUNT(*) AS n FROM deliveries GROUP BY destination, state"
+            " ORDER BY destination, state")]
         parked = [dict(r) for r in store.conn().execute(
-            "SELECT result_uid, destination, attempts, error FROM deliveries WHERE state='failed' LIMIT 50")]
+            "SELECT result_uid, destination, attempts, error FROM deliveries WHERE state='failed'"
+            " ORDER BY updated_at, result_uid, destination LIMIT 50")]
     finally:
         store.close()
     if as_json:
@@ -273,9 +275,10 @@ def _when(at: float | None, ok: int | None) -> str:
 
 
 def _mount() -> None:
-    from dicom_node.cli import logs, model, twin
+    from dicom_node.cli import db, logs, model, twin
 
     app.add_typer(model.app, name="model", help="The detector: train, evaluate, inspect.")
+    app.add_typer(db.app, name="db", help="The node's database: migrate, copy into PostgreSQL.")
     twin.register(app)
     logs.register(app)
 

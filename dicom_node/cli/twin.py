@@ -10,7 +10,6 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
-import sqlite_utils
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -25,12 +24,11 @@ _STYLE = {"OK": "green", "WARN": "yellow", "ALERT": "bold red"}
 
 def _store(config: Path | None) -> TwinStore:
     cfg = get_config(config)
-    db_path = cfg.db_path
-    if not db_path.exists():
+    if cfg.storage.database is None and not cfg.db_path.exists():
         raise fail(
-            f"no database at {db_path}: start the node first, or check storage.dir in the configuration", 1
+            f"no database at {cfg.db_path}: start the node first, or check storage.dir in the configuration", 1
         )
-    return TwinStore(thread_local_connect(db_path), thresholds=cfg.twin.thresholds())
+    return TwinStore(thread_local_connect(cfg.database), thresholds=cfg.twin.thresholds())
 
 
 def _device_id(store: TwinStore, ref: str) -> int:
@@ -108,7 +106,7 @@ def device(
         _remove_or_merge(store, ref, merge_into, yes, as_json, remove)
         return
     if what_if or since is not None:
-        _what_if(store, thread_local_connect(get_config(config).db_path)(), ref, what_if or [], since, as_json)
+        _what_if(store, thread_local_connect(get_config(config).database)(), ref, what_if or [], since, as_json)
         return
     rec = store.device(_device_id(store, ref))
     if as_json:
@@ -219,7 +217,7 @@ def _remove_or_merge(
 
 
 def _what_if(
-    store: TwinStore, db: sqlite_utils.Database, ref: str, items: list[str], since: str | None, as_json: bool
+    store: TwinStore, db: Any, ref: str, items: list[str], since: str | None, as_json: bool
 ) -> None:
     """``device ID --what-if NAME=VALUE``: the replay of twin.whatif, read-only (docs/twin.md, What-if)."""
     if not items:

@@ -16,8 +16,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from dicom_node.store.postgres import PgConnection, is_postgres, pg_ddl
 from dicom_node.store.schema import SCHEMA, SCHEMA_VERSION, migrate
 
@@ -86,14 +84,6 @@ class Connections:
                     self._all.remove(entry)
                 self._all.append((threading.current_thread(), conn))
         return conn
-
-    def db(self) -> sqlite_utils.Database:
-        """This thread's connection wrapped by sqlite-utils (for the twin and for queries)."""
-        wrapped: sqlite_utils.Database | None = getattr(self._local, "db", None)
-        if wrapped is None:
-            wrapped = sqlite_utils.Database(self.conn())
-            self._local.db = wrapped
-        return wrapped
 
     @contextmanager
     def transaction(self) -> Iterator[Any]:

@@ -76,7 +76,7 @@ def _copy_table(src: sqlite3.Connection, conn: Any, table: str,
     total = int(src.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0])
     if table not in MADE_BY_SCHEMA and conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]:
         raise CopyError(f"the destination's table {table} is not empty: copy into a new database")
-    cols = ", ".join(ours)
+    cols = ", ".join(f'"{c}"' for c in ours)  # quoted: the twin's "offset" is a reserved word on PostgreSQL
     marks = ", ".join("?" for _ in ours)
     conflict = " ON CONFLICT DO NOTHING" if table in MADE_BY_SCHEMA else ""
     done = 0
@@ -86,9 +86,10 @@ def _copy_table(src: sqlite3.Connection, conn: Any, table: str,
         done += len(batch)
         if progress is not None:
             progress(table, done, total)
-    if "id" in ours:  # an identity column: new rows continue after the copied ones
-        conn.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT COALESCE(MAX(id), 0) + 1"
-                     f" FROM {table}), false) WHERE pg_get_serial_sequence('{table}', 'id') IS NOT NULL")
+    sequence = conn.execute("SELECT pg_get_serial_sequence(?, 'id')", (table,)).fetchone()[0] if "id" in ours \
+        else None
+    if sequence is not None:  # an identity column: new rows continue after the copied ones
+        conn.execute(f"SELECT setval(?, (SELECT COALESCE(MAX(id), 0) + 1 FROM {table}), false)", (sequence,))
     copied = int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
     if copied != total and table not in MADE_BY_SCHEMA:
         raise CopyError(f"table {table}: {total} rows in the source, {copied} in the destination: nothing copied")
