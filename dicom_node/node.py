@@ -43,9 +43,6 @@ if TYPE_CHECKING:
     from dicom_node.dicomweb.server import DicomWebServer
 
 PEER_ECHO_EVERY_S = 300.0
-#: on a spool shared by several nodes, a partial or unrecorded file is another node's in flight until
-#: it has not changed for this long (an association idle past node.network_timeout_s is dropped)
-SHARED_SPOOL_IDLE_S = 3600.0
 
 log = logging.getLogger("dicom_node.node")
 
@@ -72,13 +69,12 @@ class Node:
             orphans = self.store.take_back_orphans(["analyse", "deliver"])
             if orphans:
                 log.info("jobs of a stopped or killed predecessor taken back", extra={"jobs": orphans})
-        idle_s = SHARED_SPOOL_IDLE_S if self.shared else 0.0  # spare the other nodes' files in flight
-        self.spool = Spool(cfg.spool_dir)
-        swept = self.spool.sweep(idle_s)
+        self.spool = Spool(cfg.spool_dir, shared=self.shared)  # shared: spare the other nodes' files in flight
+        swept = self.spool.sweep()
         if swept:
             log.info("removed partial files left by an earlier stop", extra={"files": swept})
-        self.outbox = Spool(cfg.outbox_dir)
-        self.outbox.sweep(idle_s)
+        self.outbox = Spool(cfg.outbox_dir, shared=self.shared)
+        self.outbox.sweep()
         self.device_uid = self.store.set_meta_once("node_device_uid", generate_uid())
         self.identity = NodeIdentity(ae_title=cfg.node.ae_title, device_uid=self.device_uid)
         self.twin = TwinStore(self.store.conn, thresholds=cfg.twin.thresholds(),
@@ -121,8 +117,6 @@ class Node:
             on_stored=self.analysis.wake,
         )
         self.receiver = Receiver(cfg, self.store, self.ingest) if "receive" in roles else None
-        if self.receiver is not None:
-            self.receiver.shared_spool_idle_s = idle_s
         self.admin: AdminServer | None = None
         if cfg.admin.enabled and "admin" in roles:
             from dicom_node.admin import AdminServer  # FastAPI and uvicorn load only when the console is on

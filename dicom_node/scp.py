@@ -182,8 +182,6 @@ class Receiver:
         self.store = store
         self.ingest = ingest
         self.policy = AssociationPolicy(cfg.node.ae_title, cfg.peers)
-        #: > 0 when other nodes share the spool: start-up sweeps spare what is younger (Node sets it)
-        self.shared_spool_idle_s = 0.0
         self._stats: dict[int, _AssocStats] = {}
         self._stats_lock = threading.Lock()
         self._admit_lock = threading.Lock()
@@ -228,7 +226,7 @@ class Receiver:
     def start(self) -> tuple[str, int]:
         """Start listening in the background; returns the bound (host, port). An OSError names the
         DICOM address, as the admin server's names its own."""
-        self.sweep_orphans(self.shared_spool_idle_s)
+        self.sweep_orphans()
         guard.install_log_budget()
         handlers: list[Any] = [
             (evt.EVT_REQUESTED, self._on_requested),
@@ -253,25 +251,18 @@ class Receiver:
         host, port = server.server_address[:2]
         return str(host), int(port)
 
-    def sweep_orphans(self, idle_s: float = 0.0) -> int:
+    def sweep_orphans(self) -> int:
         """Remove spool files that have no instance row; returns how many.
 
         Such a file was linked into place by a C-STORE whose commit never happened (a crash between
         link and commit, or a commit that failed before that failure removed its file); its sender
         got no Success and still has it. Run before listening, so no C-STORE of this node is between
-        the two; on a spool shared with other nodes (``idle_s`` > 0) only files older than that, since
-        another node's commit follows its link within moments.
+        the two; on a spool shared with other nodes only the files :meth:`Spool.abandoned` allows.
         """
         spool = self.ingest.spool
         removed = 0
-        cutoff = time.time() - idle_s
         for path in list(spool.files()):
-            try:
-                if idle_s and path.stat().st_mtime > cutoff:
-                    continue
-            except FileNotFoundError:
-                continue
-            if not self.store.has_instance(path.stem):
+            if spool.abandoned(path) and not self.store.has_instance(path.stem):
                 path.unlink(missing_ok=True)
                 removed += 1
         if removed:

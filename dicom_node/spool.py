@@ -35,11 +35,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+#: how long a file on a shared spool must stay unchanged before a start-up sweep takes it as abandoned
+#: (an association idle past node.network_timeout_s is dropped long before)
+SHARED_IDLE_S = 3600.0
+
+
 class Spool:
     """Files under ``root``: ``<study UID>/<SOP Instance UID>.dcm``, plus ``tmp/`` for writes in flight."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, shared: bool = False) -> None:
         self.root = Path(root)
+        #: on a spool other nodes share (docs/cluster.md), a file is theirs in flight until idle this long
+        self.idle_s = SHARED_IDLE_S if shared else 0.0
         self.tmp = self.root / "tmp"
         self.tmp.mkdir(parents=True, exist_ok=True)
 
@@ -97,23 +104,24 @@ class Spool:
     def open(self, path: Path | str) -> BinaryIO:
         return open(path, "rb")
 
-    def sweep(self, idle_s: float = 0.0) -> int:
-        """Remove temporary files left by a crash; returns how many.
+    def abandoned(self, path: Path) -> bool:
+        """Whether a start-up sweep may remove ``path``: always on a spool of one node's own; on a
+        shared one only when it has not changed for :attr:`idle_s` (another node's C-STORE writes to
+        its file at least once a network timeout, and commits its row moments after the link)."""
+        if not self.idle_s:
+            return True
+        try:
+            return path.stat().st_mtime <= time.time() - self.idle_s
+        except FileNotFoundError:
+            return False
 
-        ``idle_s``: only those not written to for that long. A node alone on its spool removes every
-        one at start; nodes sharing a spool (docs/cluster.md) must not remove another's file in flight,
-        which is written to at least once a network timeout.
-        """
+    def sweep(self) -> int:
+        """Remove temporary files left by a crash (see :meth:`abandoned`); returns how many."""
         n = 0
-        cutoff = time.time() - idle_s
         for p in self.tmp.glob("*.part"):
-            try:
-                if idle_s and p.stat().st_mtime > cutoff:
-                    continue
-            except FileNotFoundError:
-                continue
-            p.unlink(missing_ok=True)
-            n += 1
+            if self.abandoned(p):
+                p.unlink(missing_ok=True)
+                n += 1
         return n
 
     def files(self) -> Iterable[Path]:

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from dicom_node.store.postgres import PgConnection, is_postgres, pg_ddl
-from dicom_node.store.schema import table_columns
+from dicom_node.store.schema import column, table_columns
+from dicom_node.store.schema import upsert as upsert_sql
 
 #: ``connect()``: the calling thread's connection (sqlite3.Connection or PgConnection)
 Connect = Callable[[], Any]
@@ -241,10 +242,8 @@ def _add_daily_counters(db: Any) -> None:
     present = table_columns(conn_of(db), "twin_daily")
     missing = [c for c in COUNTERS if c not in present]
     for name in missing:
-        kind = "DOUBLE PRECISION" if name in REAL_COUNTERS else "BIGINT"
-        if engine(db) == "sqlite":
-            kind = "REAL" if name in REAL_COUNTERS else "INTEGER"
-        execute(db, f"ALTER TABLE twin_daily ADD COLUMN {name} {kind} NOT NULL DEFAULT 0")
+        kind = "REAL" if name in REAL_COUNTERS else "INTEGER"
+        _script(db, f"ALTER TABLE twin_daily ADD COLUMN {name} {kind} NOT NULL DEFAULT 0")
     if "kvp_mas_sum" in missing:
         execute(
             db,
@@ -357,7 +356,7 @@ def bump(db: Any, device_id: int, day: str, **counts: float) -> None:
 def insert(db: Any, table: str, row: Mapping[str, Any], *, returning: str | None = "id") -> int:
     """Insert one row and return its integer primary key (``RETURNING``, on both engines)."""
     cols = list(row)
-    sql = (f"INSERT INTO {table} ({', '.join(_q(c) for c in cols)}) VALUES ({', '.join('?' * len(cols))})"
+    sql = (f"INSERT INTO {table} ({', '.join(column(c) for c in cols)}) VALUES ({', '.join('?' * len(cols))})"
            + (f" RETURNING {returning}" if returning else ""))
     cur = execute(db, sql, [row[c] for c in cols])
     return int(cur.fetchone()[0]) if returning else 0
@@ -365,25 +364,14 @@ def insert(db: Any, table: str, row: Mapping[str, Any], *, returning: str | None
 
 def upsert(db: Any, table: str, row: Mapping[str, Any], key: Sequence[str]) -> None:
     """Insert the row, or replace the columns given of the row with that key (``ON CONFLICT``)."""
-    cols = list(row)
-    others = ", ".join(f"{_q(c)} = excluded.{_q(c)}" for c in cols if c not in key)
-    execute(
-        db,
-        f"INSERT INTO {table} ({', '.join(_q(c) for c in cols)}) VALUES ({', '.join('?' * len(cols))}) "
-        f"ON CONFLICT ({', '.join(key)}) " + (f"DO UPDATE SET {others}" if others else "DO NOTHING"),
-        [row[c] for c in cols],
-    )
+    execute(db, upsert_sql(table, list(row), key), list(row.values()))
 
 
 def update(db: Any, table: str, row_id: int, values: Mapping[str, Any]) -> None:
     """Set ``values`` on the row of ``table`` whose ``id`` is ``row_id`` (nothing when empty)."""
     if values:
-        sets = ", ".join(f"{_q(c)} = ?" for c in values)
+        sets = ", ".join(f"{column(c)} = ?" for c in values)
         execute(db, f"UPDATE {table} SET {sets} WHERE id = ?", [*values.values(), row_id])
-
-
-def _q(column: str) -> str:
-    return '"offset"' if column == "offset" else column
 
 
 def one(db: Any, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> dict[str, Any] | None:

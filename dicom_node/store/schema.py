@@ -13,14 +13,23 @@ from dicom_node.store.dbapi import Conn
 SCHEMA_VERSION = 3
 
 
+#: column names that are reserved words on PostgreSQL, quoted where a statement is built
+RESERVED = frozenset({"offset"})
+
+
+def column(name: str) -> str:
+    """A column name as a built statement writes it (quoted when PostgreSQL reserves it)."""
+    return f'"{name}"' if name in RESERVED else name
+
+
 def upsert(table: str, columns: Sequence[str], key: Sequence[str], *, named: bool = False) -> str:
-    """``INSERT ... ON CONFLICT (key) DO UPDATE`` of every other column: the row replaced in place, in
-    the SQL both SQLite (3.24+) and PostgreSQL speak (not SQLite's own ``INSERT OR REPLACE``). Values by
-    name (``:column``) with ``named``, else by position."""
+    """``INSERT ... ON CONFLICT (key) DO UPDATE`` of every other column (``DO NOTHING`` when there is
+    none): the row replaced in place, in the SQL both SQLite (3.24+) and PostgreSQL speak (not SQLite's
+    own ``INSERT OR REPLACE``). Values by name (``:column``) with ``named``, else by position."""
     values = ", ".join(f":{c}" for c in columns) if named else ", ".join("?" for _ in columns)
-    others = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
-    return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values})"
-            f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET {others}")
+    others = ", ".join(f"{column(c)} = excluded.{column(c)}" for c in columns if c not in key)
+    return (f"INSERT INTO {table} ({', '.join(column(c) for c in columns)}) VALUES ({values})"
+            f" ON CONFLICT ({', '.join(key)}) " + (f"DO UPDATE SET {others}" if others else "DO NOTHING"))
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

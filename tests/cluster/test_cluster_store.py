@@ -59,15 +59,16 @@ def test_a_node_alone_on_sqlite_always_leads() -> None:
 
 
 def test_start_up_sweep_spares_files_written_lately_on_a_shared_spool(tmp_path: Path) -> None:
-    spool = Spool(tmp_path / "spool")
-    old, fresh = spool.tmp / "old.part", spool.tmp / "fresh.part"
+    shared = Spool(tmp_path / "spool", shared=True)
+    old, fresh = shared.tmp / "old.part", shared.tmp / "fresh.part"
     old.write_bytes(b"left by a node that died an hour ago")
     fresh.write_bytes(b"another node's C-STORE arriving now")
     hour_ago = time.time() - 3700
     os.utime(old, (hour_ago, hour_ago))
-    assert spool.sweep(idle_s=3600) == 1
+    assert shared.sweep() == 1
     assert not old.exists() and fresh.exists()
-    assert spool.sweep() == 1 and not fresh.exists()  # alone on its spool: every partial file goes
+    alone = Spool(tmp_path / "spool")
+    assert alone.sweep() == 1 and not fresh.exists()  # alone on its spool: every partial file goes
 
 
 @pytest.mark.parametrize("url, words", [
