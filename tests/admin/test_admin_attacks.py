@@ -40,7 +40,7 @@ from admin_support import CHROMIUM_FLAGS, FedNode
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from dicom_node.admin.limits import SECURITY_HEADERS, http_share
+from dicom_node.admin.limits import SECURITY_HEADERS, http_share, listen_backlog
 from dicom_node.testing import free_port, load_script, peak_rss_growth, require, storescu, wait_for
 from models import SHIPPED_WEIGHTS
 
@@ -175,7 +175,12 @@ def test_slow_http_flood_leaves_the_dicom_receiver_its_descriptors(
     share = http_share(CAP)
     assert flood.max_http_fds <= share, (flood.max_http_fds, share)
     served = sorted(flood.served_samples)
-    assert served[len(served) // 2] <= CAP and served[-1] <= 2 * CAP, served[-10:]  # the cap holds
+    # Established sockets are the connections served (at most CAP) and those asyncio has accepted and not
+    # yet handed to the protocol, which refuses them: it accepts up to listen_backlog(CAP) per loop turn
+    # and hands a batch over two turns later, so up to three batches are in flight at a sampled moment
+    # (CI once saw 33 = CAP + 2 batches + 1 under load). The median is the cap at work.
+    in_flight = 3 * listen_backlog(CAP)
+    assert served[len(served) // 2] <= CAP and served[-1] <= CAP + in_flight, served[-10:]
     assert flood.max_fds < 256 - 40, flood.max_fds  # room left for the receiver
     assert node.status()["instances"] == 1
     wait_for("the console answers again", lambda: http_status(url + "/healthz") == 200, 10, 0.2)
