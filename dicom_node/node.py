@@ -7,7 +7,6 @@ listener closes, in-flight C-STOREs finish, running jobs finish or are released 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import signal
@@ -132,11 +131,15 @@ class Node:
         self._warm: threading.Thread | None = None
         self.node_id = f"{socket.gethostname()}:{os.getpid()}"
         self._beat = threading.Thread(target=self._beat_loop, name="node-beat", daemon=True)
+        self._listed = False  # this process's row is in ``nodes``
+        self._started_at = time.time()
+        #: this process's model: loading, ready, failed, not used or stopped; in its ``nodes`` row
+        self.model_state: dict[str, Any] = {"state": "unknown"}
 
     def start(self) -> None:
         warm = self.detect is not None and self.analysis.threads > 0
-        state = "loading" if warm else "not used"  # said before the receiver listens: status is never stale
-        self.store.set_meta("model_state", json.dumps({"state": state, "since": time.time()}))
+        self.model_state = {"state": "loading" if warm else "not used", "since": time.time()}
+        self._beat_once()  # listed, with its model's state, before the receiver listens: status is never stale
         self.analysis.start()
         self.delivery.start()
         if self.listener is not None:
@@ -156,8 +159,6 @@ class Node:
             self._warm = threading.Thread(target=self._warm_up, name="model-warm", daemon=True)
             self._warm.start()
         self.scheduler.start()
-        self._started_at = time.time()
-        self._beat_once()  # listed by status before the first beat interval ends
         self._beat.start()
         host, port = self.address or (None, None)
         log.info("node serving", extra={"ae_title": self.cfg.node.ae_title, "host": host, "port": port,
@@ -166,7 +167,9 @@ class Node:
 
     def _beat_once(self) -> None:
         self.store.beat(self.node_id, host=socket.gethostname(), pid=os.getpid(), ae_title=self.cfg.node.ae_title,
-                        roles=self.cfg.node.roles, version=__version__, started_at=self._started_at)
+                        roles=self.cfg.node.roles, version=__version__, started_at=self._started_at,
+                        model=self.model_state)
+        self._listed = True
 
     def _beat_loop(self) -> None:
         """Every BEAT_S, this process's row in ``nodes`` (dicom-node status lists every node)."""
@@ -186,7 +189,8 @@ class Node:
         if self.results is not None:
             self.results.warm()
         if self.detect is not None:
-            self.detect.warm()
+            self.model_state = self.detect.warm()
+            self.store.node_model(self.node_id, self.model_state)
 
     def stop(self, grace_s: float = 30.0) -> None:
         """Graceful stop; safe to call twice."""
@@ -208,11 +212,12 @@ class Node:
         self.leadership.close()
         if self.listener is not None:
             self.listener.stop()
-        if self._beat.ident is not None:  # started: it ends at _stopped; the row says stopped, not gone
+        if self._beat.ident is not None:  # started: it ends at _stopped
             self._beat.join(BEAT_S + 1.0)
-            self.store.node_stopped(self.node_id)
+        self.model_state = {"state": "stopped", "since": time.time()}
+        if self._listed:  # the row says stopped, not gone three beats later
+            self.store.node_stopped(self.node_id, self.model_state)
         log.info("node stopped", extra={"associations_aborted": aborted, "jobs_released": released})
-        self.store.set_meta("model_state", json.dumps({"state": "stopped", "since": time.time()}))
         self.store.close()
         if self.lock is not None:
             self.lock.release()

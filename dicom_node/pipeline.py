@@ -8,7 +8,6 @@ jobs are unique per (result, destination), so a step redone after a crash change
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -114,11 +113,11 @@ class DetectStep:
     def info(self) -> ModelInfo:
         return self.detector.info  # type: ignore[no-any-return]
 
-    def warm(self) -> None:
+    def warm(self) -> dict[str, Any]:
         """Load the model and run it once on a blank image, so the first study does not pay for either.
 
-        Called in a background thread at start (the receiver listens meanwhile); the state goes to the
-        store's ``model_state`` for ``dicom-node status`` and ``/healthz``: loading, ready or failed.
+        Called in a background thread at start (the receiver listens meanwhile); returns the state the
+        node records in its ``nodes`` row for ``dicom-node status`` and ``/healthz``: ready or failed.
         """
         import numpy as np
 
@@ -136,7 +135,7 @@ class DetectStep:
             state = {"state": "ready", "since": time.time(), "seconds": round(time.time() - started, 2),
                      "name": info.name, "version": info.version, "score_threshold": info.score_threshold}
             log.info("model warm", extra={"seconds": state["seconds"]})
-        self.store.set_meta("model_state", json.dumps(state))
+        return state
 
     def __call__(self, batch: Sequence[Item]) -> dict[int, Outcome]:
         detector = self.detector

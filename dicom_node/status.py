@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from dicom_node.config import Config
 from dicom_node.store import Store
+
+
+def model_of(nodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """The model state ``status`` shows first: of the newest live node that analyses (each node's own
+    is in ``nodes``), else of the newest node listed; ``unknown`` when none is."""
+    live = [n for n in nodes if n["state"] == "alive" and "analyse" in n["roles"]]
+    chosen = live or nodes  # newest first
+    return dict(chosen[0]["model"]) if chosen else {"state": "unknown"}
 
 
 def node_status(cfg: Config, store: Store | None = None) -> dict[str, Any]:
@@ -19,13 +26,12 @@ def node_status(cfg: Config, store: Store | None = None) -> dict[str, Any]:
     st = store or Store(cfg.database)
     try:
         data = st.status()
-        model_state = st.meta("model_state")
         peers = {r["name"]: dict(r) for r in st.conn().execute("SELECT * FROM peer_status")}
         data["nodes"] = st.nodes()
     finally:
         if own:
             st.close()
-    data["model"] = json.loads(model_state) if model_state else {"state": "unknown"}
+    data["model"] = model_of(data["nodes"])
     data["node"] = {"ae_title": cfg.node.ae_title, "port": cfg.node.port, "storage": str(cfg.storage.dir),
                     "roles": list(cfg.node.roles)}
     data["destinations"] = [

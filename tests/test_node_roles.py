@@ -32,12 +32,14 @@ def test_a_receive_only_node_stores_and_leaves_the_analyses_to_an_analyser(
     assert (me["roles"], me["state"], me["pid"], me["host"]) == (["receive", "admin"], "alive", node.proc.pid,
                                                                  socket.gethostname())
     assert me["id"] == f"{socket.gethostname()}:{node.proc.pid}"
+    assert me["model"]["state"] == "not used" == st["model"]["state"]  # type: ignore[index]
     text = node.cli("status").stdout
     assert "receive, admin" in text and "alive" in text
     with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/", timeout=30) as rsp:
         page = rsp.read().decode()
     nodes = page[page.index('<table id="nodes">'):].split("</table>")[0]
     assert f'data-node-id="{me["id"]}"' in nodes and ">receive<" in nodes and ">analyse<" not in nodes
+    assert '<td class="model" title="">not used</td>' in nodes
 
     # No analyser on this database: the jobs wait, three worker polls and more later
     time.sleep(3.0)
@@ -53,6 +55,11 @@ def test_a_receive_only_node_stores_and_leaves_the_analyses_to_an_analyser(
     assert listed[again.proc.pid]["state"] == "alive" and listed[again.proc.pid]["roles"] == [
         "receive", "analyse", "deliver", "schedule", "admin"]
     assert sorted(n["state"] for n in listed.values()) == ["alive", "stopped"]
+    # Each node says its own model; status leads with the live analyser's
+    wait_for("the analyser's model ready", lambda: _status(again)["model"]["state"] == "ready", 120, 0.5)  # type: ignore[index]
+    models = {n["pid"]: n["model"] for n in _status(again)["nodes"]}  # type: ignore[attr-defined]
+    assert models[again.proc.pid]["state"] == "ready" and models[again.proc.pid]["version"]
+    assert [m["state"] for pid, m in models.items() if pid != again.proc.pid] == ["stopped"]
 
     # Killed: no clean stop to say so; three missed heartbeats (15 s) later it is gone
     pid = again.proc.pid

@@ -108,12 +108,12 @@ def filled(database: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> An
     store.audit("stow", peer_host="10.0.0.5", outcome="stored", detail={"instances": 1})               # t+19
     store.audit("association", peer_ae="MODALITY_A", peer_host="10.0.0.9", outcome="released")         # t+20
     store.beat("host-a:1", host="host-a", pid=1, ae_title="NODE", roles=["receive", "analyse"], version="1",
-               started_at=T0)                                                                           # t+21
+               started_at=T0, model={"state": "loading"})                                              # t+21
     store.beat("host-b:2", host="host-b", pid=2, ae_title="NODE", roles=["deliver"], version="1",
-               started_at=T0 + 5)                                                                       # t+22
-    store.node_stopped("host-b:2")                                                                      # t+23
+               started_at=T0 + 5, model={"state": "not used"})                                         # t+22
+    store.node_stopped("host-b:2", {"state": "stopped"})                                                # t+23
     assert not store.add_instance(rows[0])  # a duplicate changes nothing                                # t+24
-    store.set_meta("model_state", json.dumps({"state": "ready", "version": "1.1"}))
+    store.node_model("host-a:1", {"state": "ready", "version": "1.1"})
     # the DICOMweb index, as dicom_node.dicomweb.index writes it (results last, as unindexed gives them)
     store.put_index([
         _index_row("2.1", STUDY_B, SERIES_B, DX, "received", Modality="DX", PatientName="Doe^Jane",
@@ -216,8 +216,8 @@ def test_store_status_and_node_status(filled: Any) -> None:
     for data in (node_status(cfg, store), node_status(cfg)):  # the node's store, or one of its own
         assert data["instances"] == 4 and data["bytes"] == 3_000_002_200
         assert data["model"] == {"state": "ready", "version": "1.1"}
-        assert [(n["id"], n["roles"], n["state"]) for n in data["nodes"]] == [
-            ("host-b:2", ["deliver"], "stopped"), ("host-a:1", ["receive", "analyse"], "alive")]
+        assert [(n["id"], n["roles"], n["state"], n["model"]["state"]) for n in data["nodes"]] == [
+            ("host-b:2", ["deliver"], "stopped", "stopped"), ("host-a:1", ["receive", "analyse"], "alive", "ready")]
         assert [(d["name"], d["last_echo_ok"], d["last_echo_at"], d["last_delivery_ok"], d["last_delivery_at"])
                 for d in data["destinations"]] == [
             ("PACS", 1, T0 + 14, 0, T0 + 12), ("VIEWER", 0, T0 + 15, 0, T0 + 13), ("ARCHIVE", None, None, None, None)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 
 from dicom_node.store import SCHEMA_VERSION, Store
@@ -169,7 +170,7 @@ def test_a_version_2_database_gains_the_assumptions_in_place(tmp_path: Path) -> 
     _old_database(path, 2, "opacity_probability REAL,", "(sop_instance_uid, outcome, opacity_probability,"
                   " analysed_at) VALUES ('1.2.3', 'analysed', 0.4, 0)")
     store = Store(path)
-    assert store.meta("schema_version") == "3" == str(SCHEMA_VERSION)
+    assert store.meta("schema_version") == "4" == str(SCHEMA_VERSION)
     before = store.analysis("1.2.3")
     assert before is not None and before["assumptions"] == [] and before["opacity_probability"] == 0.4
     said = ["chest assumed, not read: Body Part Examined is empty",
@@ -181,6 +182,33 @@ def test_a_version_2_database_gains_the_assumptions_in_place(tmp_path: Path) -> 
     again = Store(path)  # opening again changes nothing
     assert again.analysis("1.2.4")["assumptions"] == said  # type: ignore[index]
     again.close()
+
+
+def test_a_version_3_database_keeps_each_nodes_model_in_its_row(tmp_path: Path) -> None:
+    """Version 3 had one ``model_state`` for the whole database: on a cluster the last node to write it
+    spoke for all. Version 4 keeps it in each node's row, and forgets the shared one."""
+    import sqlite3
+
+    path, now = tmp_path / "node.db", time.time()
+    _old_database(path, 3, "opacity_probability REAL, assumptions TEXT,",
+                  "(sop_instance_uid, outcome, analysed_at) VALUES ('1.2.3', 'analysed', 0)")
+    with closing(sqlite3.connect(path)) as old:
+        old.executescript(
+            "INSERT INTO meta VALUES ('model_state', '{\"state\": \"ready\"}');"
+            "CREATE TABLE nodes (id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, ae_title TEXT,"
+            " roles TEXT NOT NULL, version TEXT, started_at REAL NOT NULL, last_seen_at REAL NOT NULL,"
+            " stopped_at REAL);"
+            f"INSERT INTO nodes VALUES ('a:1', 'a', 1, 'NODE', '[\"analyse\"]', '1', {now}, {now}, NULL);")
+    store = Store(path)
+    assert store.meta("schema_version") == str(SCHEMA_VERSION) and store.meta("model_state") is None
+    [old_row] = store.nodes()
+    assert old_row["model"] == {"state": "unknown"}  # not the shared state, which may have been another node's
+    store.beat("b:2", host="b", pid=2, ae_title="NODE", roles=["analyse"], version="2", started_at=now + 1,
+               model={"state": "loading"})
+    store.node_model("b:2", {"state": "ready", "version": "2.0.0"})
+    assert {n["id"]: n["model"] for n in store.nodes()} == {
+        "a:1": {"state": "unknown"}, "b:2": {"state": "ready", "version": "2.0.0"}}
+    store.close()
 
 
 def test_heartbeat_keeps_a_short_lease_alive_and_a_dead_holder_loses_it(database: str) -> None:

@@ -7,7 +7,6 @@ FastAPI runs them on its worker threads, each with its own SQLite connection fro
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -48,6 +47,7 @@ class AdminNode(Protocol):
     twin: TwinStore
     receiver: Any  # .counters: accepted, rejected, instances, bytes; .server: the association server
     device_uid: str
+    model_state: dict[str, Any]  # this process's model: loading, ready, failed, not used, stopped
 
 
 def create_app(node: AdminNode, http_counters: dict[str, int] | None = None) -> FastAPI:
@@ -78,7 +78,7 @@ def create_app(node: AdminNode, http_counters: dict[str, int] | None = None) -> 
 
     @app.get("/healthz", tags=["api"], summary="Liveness: the admin server answers; whether the model is warm")
     def healthz() -> dict[str, Any]:
-        state = json.loads(node.store.meta("model_state") or '{"state": "unknown"}')
+        state = node.model_state
         return {"ok": True, "ae_title": node.cfg.node.ae_title, "model": state.get("state"),
                 "model_ready": state.get("state") == "ready"}
 

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from dicom_node import __version__
 from dicom_node.cli.common import ConfigOpt, JsonOpt, console, err, fail, get_config, print_json
@@ -160,11 +160,12 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     table.add_row("[bold]all[/]", *(f"[bold]{n}[/]" for n in data["jobs"].values()))
     console.print(table)
     if data["nodes"]:
-        nt = Table("node", "roles", "state", "started", "last seen")
+        nt = Table(Column("node", overflow="fold"), Column("roles", no_wrap=True), "state", "model", "started",
+                   "last seen")
         for n in data["nodes"]:
             state = {"alive": "[green]alive[/]", "gone": "[red]gone[/]"}.get(n["state"], n["state"])
-            nt.add_row(escape(n["id"]), ", ".join(n["roles"]), state, _stamp(n["started_at"]),
-                       _stamp(n["last_seen_at"]))
+            nt.add_row(escape(n["id"]), ", ".join(n["roles"]), state, escape(n["model"]["state"]),
+                       _stamp(n["started_at"]), _stamp(n["last_seen_at"]))
         console.print(nt)
     if data.get("destinations"):
         dt = Table("destination", "address", "last echo", "last delivery")

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from dicom_node.store.dbapi import Conn
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 #: column names that are reserved words on PostgreSQL, quoted where a statement is built
@@ -140,7 +140,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     version TEXT,
     started_at REAL NOT NULL,
     last_seen_at REAL NOT NULL,
-    stopped_at REAL
+    stopped_at REAL,
+    model TEXT  -- JSON: this process's model, loading, ready (name, version), failed (error), stopped
 );
 -- What QIDO-RS matches on (PS3.18 §10.6), one row per stored instance or result, read from its
 -- header by dicom_node.dicomweb.index the first time a query finds it missing: a cache of the files,
@@ -184,3 +185,6 @@ def migrate(conn: Conn) -> None:
         conn.execute("ALTER TABLE analyses ADD COLUMN opacity_probability REAL")
     if "assumptions" not in columns:  # version 2 -> 3: what was assumed for an unlabelled film
         conn.execute("ALTER TABLE analyses ADD COLUMN assumptions TEXT")
+    if "model" not in table_columns(conn, "nodes"):  # version 3 -> 4: each node's model, not one for all
+        conn.execute("ALTER TABLE nodes ADD COLUMN model TEXT")
+        conn.execute("DELETE FROM meta WHERE key = 'model_state'")
