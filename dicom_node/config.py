@@ -70,6 +70,10 @@ class NodeConfig(_Section):
     max_pending_connections: int = Field(64, ge=1, le=4096)
     max_pending_per_host: int = Field(8, ge=1, le=4096)
     tls: TLSConfig | None = None
+    # Load balancers (HAProxy send-proxy-v2) whose connections start with a PROXY protocol header naming
+    # the real sender (dicom_node.proxy_protocol): required from these addresses or networks, never read
+    # from any other; empty: off
+    proxy_protocol: list[str] = Field(default_factory=list)
     # What this process does (docs/cluster.md): several nodes on one database share the work by role
     roles: list[str] = Field(default_factory=lambda: list(NODE_ROLES))
 
@@ -92,6 +96,22 @@ class NodeConfig(_Section):
     def _host(cls, v: str) -> str:
         if not v or any(c.isspace() for c in v):
             raise ValueError("a host name or IP address")
+        return v
+
+    @field_validator("proxy_protocol")
+    @classmethod
+    def _proxy_protocol(cls, v: list[str]) -> list[str]:
+        for item in v:
+            try:
+                net = ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"the load balancers' addresses or networks, such as 127.0.0.1/32 or 10.0.0.0/24"
+                                 f" (got {item!r})") from None
+            if net.network_address != ipaddress.ip_interface(item).ip and "/" in item:
+                raise ValueError(f"{item!r} has bits set past its prefix length: {net}?")
+            if net.prefixlen == 0:
+                raise ValueError(f"{item!r} would take a PROXY header from any address, letting every sender name"
+                                 " its own: list the load balancers' addresses")
         return v
 
 

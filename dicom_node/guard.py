@@ -17,6 +17,12 @@ This module bounds that cost:
   so the oldest are the ones stalling).
 - **TLS handshakes** (PS3.15 B.1) run on the connection's own thread under the same deadline, not on
   the listener's, where one silent client stopped every other connection.
+- **The PROXY protocol** (:mod:`dicom_node.proxy_protocol`): a connection from an address in
+  ``node.proxy_protocol`` (a load balancer: HAProxy's ``send-proxy-v2``) must start with a PROXY
+  header, read on its own thread within the same deadline, before the TLS handshake and the
+  A-ASSOCIATE-RQ; the header's source is then the connection's address for everything after it
+  (the per-host cap, the association's ``requestor.address``, the policy, logs and audit). Without a
+  valid header the connection is closed and counted. From any other address nothing is parsed.
 - **pynetdicom's own log lines** are capped per association: it logs one line per bogus transfer
   syntax while decoding a request, before any handler can refuse it.
 """
@@ -42,6 +48,8 @@ from pynetdicom.ae import ApplicationEntity
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+
+from dicom_node import proxy_protocol
 
 log = logging.getLogger("dicom_node.guard")
 
@@ -69,6 +77,9 @@ CLOSED_OLDEST = "closed_oldest_pending"
 TIMED_OUT = "timed_out_before_association"
 RQ_TOO_LARGE = "associate_rq_too_large"
 PDU_TOO_LARGE = "pdu_too_large"
+PROXY_MISSING = proxy_protocol.MissingHeader.outcome  # from a balancer, without a PROXY header
+PROXY_INCOMPLETE = proxy_protocol.IncompleteHeader.outcome  # ended (or its deadline passed) inside it
+PROXY_INVALID = proxy_protocol.InvalidHeader.outcome  # a header this node does not read
 
 
 @dataclass
@@ -78,6 +89,7 @@ class _Pending:
     accepted: float
     deadline: float
     shut: bool = False
+    counted: bool = True  # in _per_host (a balancer's connection is not, until its PROXY header names its host)
 
 
 def _shut(sock: socket.socket) -> None:
@@ -102,13 +114,16 @@ class ConnectionGate:
         self._per_host: Counter[str] = Counter()
         self._lock = threading.Lock()
 
-    def admit(self, sock: socket.socket, host: str) -> bool:
-        """On the listener's thread, for each accepted connection: False closes it at once."""
+    def admit(self, sock: socket.socket, host: str, *, per_host: bool = True) -> bool:
+        """On the listener's thread, for each accepted connection: False closes it at once.
+
+        ``per_host=False``: a load balancer's connection, counted in the total only until
+        :meth:`rehost` names the host it relays."""
         now = time.monotonic()
         events: list[tuple[str, str]] = []
         with self._lock:
             self._expire(now)
-            if self._per_host[host] >= self.max_per_host:
+            if per_host and self._per_host[host] >= self.max_per_host:
                 events.append((host, REFUSED_PER_HOST))
                 admitted = False
             else:
@@ -117,14 +132,38 @@ class ConnectionGate:
                     self._drop(oldest)
                     _shut(oldest.sock)
                     events.append((oldest.host, CLOSED_OLDEST))
-                self._pending[id(sock)] = _Pending(sock, host, now, now + self.timeout_s)
-                self._per_host[host] += 1
+                self._pending[id(sock)] = _Pending(sock, host, now, now + self.timeout_s, counted=per_host)
+                if per_host:
+                    self._per_host[host] += 1
                 admitted = True
         self._report(events)
         return admitted
 
-    def release(self, sock: socket.socket | None, *, established: bool = False) -> None:
-        """The connection is established or closed: it no longer counts (idempotent)."""
+    def rehost(self, sock: socket.socket, host: str) -> bool:
+        """A balancer's connection relays ``host`` (its PROXY header said so): it counts for that host
+        from now on. False when that host is at ``max_per_host`` (reported; the caller closes it)."""
+        with self._lock:
+            entry = self._pending.get(id(sock))
+            if entry is None or entry.sock is not sock:
+                return False  # closed meanwhile (the oldest, to make room)
+            if self._per_host[host] >= self.max_per_host:
+                self._drop(entry)
+                full = True
+            else:
+                if entry.counted:
+                    self._per_host[entry.host] -= 1
+                    if self._per_host[entry.host] <= 0:
+                        del self._per_host[entry.host]
+                entry.host, entry.counted = host, True
+                self._per_host[host] += 1
+                full = False
+        if full:
+            self._report([(host, REFUSED_PER_HOST)])
+        return not full
+
+    def release(self, sock: socket.socket | None, *, established: bool = False, outcome: str | None = None) -> None:
+        """The connection is established or closed: it no longer counts (idempotent). ``outcome``:
+        why it was closed, reported instead of the timeout it may also have reached."""
         if sock is None:
             return
         with self._lock:
@@ -132,7 +171,9 @@ class ConnectionGate:
             if entry is None or entry.sock is not sock:
                 return
             self._drop(entry)
-        if not established and time.monotonic() >= entry.deadline - 0.05:
+        if outcome is not None:
+            self._report([(entry.host, outcome)])
+        elif not established and time.monotonic() >= entry.deadline - 0.05:
             self._report([(entry.host, TIMED_OUT)])
 
     def deadline(self, sock: socket.socket) -> float:
@@ -161,6 +202,8 @@ class ConnectionGate:
 
     def _drop(self, entry: _Pending) -> None:
         del self._pending[id(entry.sock)]
+        if not entry.counted:
+            return
         self._per_host[entry.host] -= 1
         if self._per_host[entry.host] <= 0:
             del self._per_host[entry.host]
@@ -297,6 +340,8 @@ class GuardedServer(ThreadedAssociationServer):
     """pynetdicom's threaded server with a :class:`ConnectionGate` at accept."""
 
     gate: ConnectionGate
+    #: node.proxy_protocol: connections from these must start with a PROXY header
+    proxy_sources: tuple[proxy_protocol.Network, ...] = ()
     # socketserver listens with a backlog of 5: a burst of connections (a flood, or a few senders at
     # once) overflowed it and every sixth SYN waited a second for its retransmit.
     request_queue_size = 128
@@ -308,9 +353,16 @@ class GuardedServer(ThreadedAssociationServer):
         return sock, address
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        return self.gate.admit(request, str(client_address[0]))
+        host = str(client_address[0])
+        return self.gate.admit(request, host, per_host=not proxy_protocol.trusted(host, self.proxy_sources))
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        if proxy_protocol.trusted(str(client_address[0]), self.proxy_sources):
+            relayed = self._read_proxy_header(request, client_address)
+            if relayed is None:
+                self.shutdown_request(request)
+                return
+            client_address = relayed
         if isinstance(request, ssl.SSLSocket):
             try:
                 request.settimeout(max(0.01, self.gate.deadline(request) - time.monotonic()))
@@ -321,19 +373,57 @@ class GuardedServer(ThreadedAssociationServer):
                 return
         super().process_request_thread(request, client_address)
 
+    def _read_proxy_header(self, request: socket.socket, client_address: Any) -> tuple[str, int] | None:
+        """The (host, port) a balancer's connection relays, from its PROXY header; its own address for
+        a LOCAL (v2) or UNKNOWN (v1) header (the balancer's health check). None: the connection is to
+        be closed (reported to the gate)."""
+        deadline = self.gate.deadline(request)
+        received = 0
+
+        def recv(n: int) -> bytes:
+            nonlocal received
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return b""
+            try:
+                request.settimeout(remaining)
+                # socket.socket's own recv, also under TLS: the header comes before the handshake, in the clear.
+                chunk = socket.socket.recv(request, n)
+            except OSError:  # the deadline (TimeoutError), a reset
+                return b""
+            received += len(chunk)
+            return chunk
+
+        try:
+            header = proxy_protocol.read(recv)
+            request.settimeout(None)
+        except proxy_protocol.ProxyHeaderError as exc:
+            # A connection that sent nothing at all (a port probe) is what it was without a balancer:
+            # not reported, or timed out at its deadline.
+            self.gate.release(request, outcome=exc.outcome if received else None)
+            log.debug("PROXY header refused", extra={"peer_host": str(client_address[0]), "reason": str(exc)})
+            return None
+        relayed = header.source or (str(client_address[0]), int(client_address[1]))
+        if not self.gate.rehost(request, relayed[0]):
+            return None
+        return relayed
+
     def close_request(self, request: Any) -> None:
         self.gate.release(request)
         super().close_request(request)
 
 
 def start_server(ae: ApplicationEntity, address: tuple[str, int], gate: ConnectionGate, *,
-                 ssl_context: ssl.SSLContext | None, evt_handlers: list[Any]) -> GuardedServer:
-    """Listen in the background, as ``ae.start_server(block=False)`` does, with the gate in front."""
+                 ssl_context: ssl.SSLContext | None, evt_handlers: list[Any],
+                 proxy_sources: tuple[str, ...] | list[str] = ()) -> GuardedServer:
+    """Listen in the background, as ``ae.start_server(block=False)`` does, with the gate in front;
+    ``proxy_sources``: ``node.proxy_protocol``, the balancers whose connections start with a PROXY header."""
     server = cast(GuardedServer, ae.make_server(
         address, ssl_context=ssl_context, evt_handlers=evt_handlers, server_class=GuardedServer,
         request_handler=GuardedHandler,
     ))
     server.gate = gate
+    server.proxy_sources = proxy_protocol.networks(proxy_sources)
     # stop() waits for established associations itself; socketserver's join of every request
     # thread would also wait out rejected ones that linger until their ARTIM timer expires.
     server.block_on_close = False

@@ -1,7 +1,8 @@
 """The receiver: association policy, C-ECHO and C-STORE handlers (pynetdicom event handlers).
 
 All of the policy an admin configures sits here: which SOP classes and transfer syntaxes are
-negotiated, who may associate (called AE, calling AE and host), how many associations at once and per
+negotiated, who may associate (called AE, calling AE and host: behind a load balancer the host its
+PROXY header names, see :mod:`dicom_node.proxy_protocol`), how many associations at once and per
 peer, the maximum PDU, TLS. What a connection may cost before its association is accepted (deadline,
 pending caps, request size, pynetdicom's log lines) is :mod:`dicom_node.guard`; what happens to a
 received instance is :mod:`dicom_node.ingest`.
@@ -240,11 +241,13 @@ class Receiver:
         try:
             server = guard.start_server(
                 self.ae, (self.cfg.node.host, self.cfg.node.port), self.gate, evt_handlers=handlers,
-                ssl_context=server_ssl_context(self.cfg),
+                ssl_context=server_ssl_context(self.cfg), proxy_sources=self.cfg.node.proxy_protocol,
             )
         except OSError as exc:
             raise OSError(exc.errno, f"DICOM {self.cfg.node.host}:{self.cfg.node.port}: {exc.strerror}") from None
         self.server = server
+        if self.cfg.node.proxy_protocol:
+            log.info("PROXY protocol header required from", extra={"proxy_protocol": self.cfg.node.proxy_protocol})
         self._watching.set()
         self._watch = threading.Thread(target=self._watch_loop, name="receiver-watch", daemon=True)
         self._watch.start()

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
-from dicom_node.testing import HaproxyProcess
+from dicom_node.testing import REPO, HaproxyProcess
 
 BACKEND = "dicom_receivers"  # the backend of docs/cluster.md's haproxy.cfg
+#: The node settings docs/cluster.md gives a receiver behind its HAProxy (send-proxy-v2): HAProxy runs
+#: on 127.0.0.1 in the tests, so its connections start with a PROXY header (node.proxy_protocol).
+BEHIND_HAPROXY = {"proxy_protocol": ["127.0.0.1/32"]}
 
 #: haproxy_factory's type: receivers (name, port) in, a started HAProxy out.
 HaproxyFactory = Callable[[list[tuple[str, int]]], HaproxyProcess]
@@ -19,3 +23,14 @@ def check_status(ha: HaproxyProcess, server: str) -> str:
         if row["pxname"] == BACKEND and row["svname"] == server:
             return row["check_status"].lstrip("* ")
     raise KeyError(server)
+
+
+def health_check_rq(calling_ae: str = "HAPROXY_CHECK") -> bytes:
+    """The bytes docs/cluster.md's health check sends before its first expect: its A-ASSOCIATE-RQ;
+    with ``calling_ae``, the same request from another calling AE title (16 bytes, padded)."""
+    block = re.search(r"^```haproxy\n(.*?)^```", (REPO / "docs" / "cluster.md").read_text(), re.M | re.S)
+    assert block is not None
+    rules = re.findall(r"^\s*tcp-check (send-binary|expect)\s+(\S+)", block.group(1), re.M)
+    first_expect = [kind for kind, _ in rules].index("expect")
+    raw = bytes.fromhex("".join(arg for _, arg in rules[:first_expect]))
+    return raw.replace(b"HAPROXY_CHECK".ljust(16), calling_ae.encode().ljust(16), 1)
