@@ -117,14 +117,18 @@ class NodeProcess:
     proc: subprocess.Popen[bytes] | None = None
     config_path: Path = Path()
     dicomweb_port: int = 0  # on loopback; serving only with the override dicomweb={"enabled": True}
+    database: str | None = None  # storage.database: None for the embedded SQLite file, or a postgresql:// URL
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
         self.dicomweb_port = self.dicomweb_port or free_port()
+        storage: dict[str, Any] = {"dir": str(self.root / "var"), "min_free_mb": 1}
+        if self.database:
+            storage["database"] = self.database
         cfg: dict[str, Any] = {
             "node": {"port": self.port, "host": "127.0.0.1"},
-            "storage": {"dir": str(self.root / "var"), "min_free_mb": 1},
+            "storage": storage,
             "admin": {"enabled": False},
             "dicomweb": {"enabled": False, "host": "127.0.0.1", "port": self.dicomweb_port},
             "twin": {"sidecar_dir": str(self.root / "sidecar")},
@@ -135,6 +139,7 @@ class NodeProcess:
             else:
                 cfg[key] = value
         self.dicomweb_port = int(cfg["dicomweb"].get("port", self.dicomweb_port))
+        self.database = cfg["storage"].get("database") or None
         self.config_path = self.root / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(cfg))
 
@@ -187,6 +192,28 @@ class NodeProcess:
             [sys.executable, "-m", "dicom_node.cli", *args, "--config", str(self.config_path)],
             capture_output=True, text=True, check=check, timeout=timeout_s,
         )
+
+    @property
+    def log_dir(self) -> Path:
+        """Where it writes its log files (``logging.dir``: per host name when its store is on PostgreSQL)."""
+        from dicom_node.config import load_config
+
+        return load_config(self.config_path).log_dir
+
+    @property
+    def engine(self) -> str:
+        """``sqlite`` or ``postgresql``: the engine its store is on."""
+        return "postgresql" if self.database else "sqlite"
+
+    def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run a read of its database (SQLite file or PostgreSQL, ``?`` parameters) while it serves."""
+        from dicom_node.store.connections import Connections
+
+        db = Connections(self.database or self.storage / "node.db", readonly=True)
+        try:
+            return [tuple(row) for row in db.conn().execute(sql, params).fetchall()]
+        finally:
+            db.close()
 
     def status(self) -> dict[str, Any]:
         """What ``dicom-node status --json`` prints (the same function, called in-process)."""

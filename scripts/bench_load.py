@@ -26,13 +26,11 @@ import json
 import os
 import platform
 import re
-import sqlite3
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,8 +154,7 @@ class LoadReport:
 
 
 def _query(node: NodeProcess, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    with closing(sqlite3.connect(f"file:{node.storage / 'node.db'}?mode=ro", uri=True, timeout=30)) as conn:
-        return list(conn.execute(sql, args))
+    return node.rows(sql, args)
 
 
 def machine() -> dict[str, Any]:

@@ -7,7 +7,7 @@ tests that need it are skipped with the reason.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -56,6 +56,44 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return pg.create_database(f"t_{uuid.uuid4().hex[:16]}")
 
 
+#: The engines a node's store can be on; a test that starts a node runs once on each (issue 13).
+ENGINES = ("sqlite", "postgresql")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "engines(*names): the engines a node test runs on, when not all "
+                                       "(say why: a test of the SQLite file itself)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test that needs ``engine`` (through ``node_factory``, ``node`` or a module's node) runs on
+    each engine of :data:`ENGINES`, or on those its ``engines`` mark names."""
+    if "engine" in metafunc.fixturenames:
+        mark = metafunc.definition.get_closest_marker("engines")
+        metafunc.parametrize("engine", mark.args if mark else ENGINES, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def engine(request: pytest.FixtureRequest) -> str:
+    """``sqlite`` or ``postgresql``: the engine this run of the test puts its nodes' stores on."""
+    name: str = request.param
+    if name == "postgresql":
+        request.getfixturevalue("postgres")  # the session's server, started once
+    return name
+
+
+@pytest.fixture(scope="session")
+def new_database(engine: str, request: pytest.FixtureRequest) -> Callable[[], str | None]:
+    """Makes the store of one more node (or of nodes that share a storage folder): None on SQLite (the
+    file under storage.dir), else the URL of a fresh database on the session's PostgreSQL server."""
+    def make() -> str | None:
+        if engine == "sqlite":
+            return None
+        pg: PostgresProcess = request.getfixturevalue("postgres")
+        return pg.create_database(f"n_{uuid.uuid4().hex[:16]}")
+    return make
+
+
 @pytest.fixture(scope="session")
 def rsna() -> list[Path]:
     files = rsna_files()
@@ -64,13 +102,19 @@ def rsna() -> list[Path]:
 
 
 @pytest.fixture
-def node_factory(tmp_path: Path) -> Iterator[type[NodeProcess]]:
-    """Make nodes under this test's tmp dir; every one still running at the end is stopped."""
+def node_factory(tmp_path: Path, new_database: Callable[[], str | None]) -> Iterator[type[NodeProcess]]:
+    """Make nodes under this test's tmp dir, on the test's engine (one database per storage folder, so
+    two nodes on one folder share it, as a cluster's do); every one still running at the end is stopped."""
     made: list[NodeProcess] = []
+    databases: dict[str, str | None] = {}
 
     class _Factory(NodeProcess):
         def __init__(self, name: str = "node", **overrides: object) -> None:
-            super().__init__(root=tmp_path / name, overrides=dict(overrides))
+            storage = overrides.get("storage")
+            folder = str(storage.get("dir") if isinstance(storage, dict) and storage.get("dir") else tmp_path / name)
+            if folder not in databases:
+                databases[folder] = new_database()
+            super().__init__(root=tmp_path / name, overrides=dict(overrides), database=databases[folder])
             made.append(self)
 
     yield _Factory

@@ -18,7 +18,6 @@ from pynetdicom import AE, build_context
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.sop_class import RTPlanStorage  # type: ignore[attr-defined]
 
-from dicom_node.store import Store
 from dicom_node.testing import NodeProcess, free_port, storescu
 
 PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
@@ -58,14 +57,10 @@ def test_storescu_sends_the_rsna_sample_and_every_job_finishes(node: NodeProcess
     sent = {str(s.SOPInstanceUID): s for s in map(pydicom.dcmread, rsna)}
     assert ds.PixelData == sent[str(ds.SOPInstanceUID)].PixelData
     assert ds.pixel_array.shape == (1024, 1024)
-    store = Store(node.storage / "node.db")
-    try:
-        callers = {r[0] for r in store.conn().execute("SELECT calling_ae FROM instances")}
-    finally:
-        store.close()
+    callers = {r[0] for r in node.rows("SELECT calling_ae FROM instances")}
     assert callers == {"MODALITY1"}
     # No patient data in the log: the RSNA patient IDs are the file names.
-    log = node.log_text() + (node.storage / "logs" / "node.jsonl").read_text()
+    log = node.log_text() + (node.log_dir / "node.jsonl").read_text()
     for f in rsna:
         assert f.stem not in log
         assert str(pydicom.dcmread(f, stop_before_pixels=True).PatientName) not in log
@@ -291,7 +286,7 @@ def test_sigterm_lets_an_inflight_association_finish(node: NodeProcess, rsna: li
     assert acknowledged == len(files), out[-2000:]
     assert sender.returncode == 0
     # A fresh start on the same storage finds every acknowledged instance and finishes every job.
-    restarted = NodeProcess(node.root, port=node.port).start()
+    restarted = NodeProcess(node.root, port=node.port, database=node.database).start()
     try:
         st = restarted.wait_jobs_settled(len(files), timeout_s=600)
         assert st["instances"] == acknowledged

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pydicom
@@ -25,14 +25,14 @@ DRIFT_FROM = 50
 
 
 @pytest.fixture(scope="session")
-def fed_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FedNode]:
+def fed_node(tmp_path_factory: pytest.TempPathFactory, new_database: Callable[[], str | None]) -> Iterator[FedNode]:
     require(all(tool(t) for t in ("storescu", "echoscu")), "DCMTK (storescu, echoscu)")
     files = rsna_files()
     require(len(files) == 9, "the RSNA sample")
     require(SHIPPED_WEIGHTS.is_file(), f"the shipped model {SHIPPED_WEIGHTS.name}")
     root = tmp_path_factory.mktemp("admin") / "node"
     admin_port = free_port()
-    node = NodeProcess(root, overrides={
+    node = NodeProcess(root, database=new_database(), overrides={
         "admin": {"enabled": True, "port": admin_port},
         "twin": {"sidecar_poll_s": 1, "evaluate_every_s": 2},
         "routing": {"modalities": ["CR"]},

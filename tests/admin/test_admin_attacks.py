@@ -8,7 +8,6 @@ import io
 import re
 import select
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -341,8 +340,7 @@ def test_thumbnails_decode_each_overlay_once(
     node, url = _admin_node(nodes, tmp_path / "thumbs", {}, worker={"threads": 1}, routing={"modalities": ["CR"]})
     assert storescu(node.port, rsna[:1]).returncode == 0
     node.wait_jobs_settled(1, 300)
-    with sqlite3.connect(node.storage / "node.db") as db:
-        source, path = db.execute("SELECT source_sop_instance_uid, path FROM results WHERE kind = 'sc'").fetchone()
+    [(source, path)] = node.rows("SELECT source_sop_instance_uid, path FROM results WHERE kind = 'sc'")
     side = 6000
     _big_overlay(Path(path), side)
     overlay_mb = Path(path).stat().st_size / 2**20

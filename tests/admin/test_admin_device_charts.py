@@ -11,7 +11,7 @@ is not run), device 3 is stable.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from types import ModuleType
 from typing import Any
@@ -32,13 +32,13 @@ def _simulator() -> ModuleType:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def site(tmp_path_factory: pytest.TempPathFactory, new_database: Callable[[], str | None]) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("charts") / "node"
     root.mkdir(parents=True)
     weights = root / "unused.pth"  # nothing is analysed (routing OT): no model is loaded
     weights.write_bytes(b"")
     port = free_port()
-    node = NodeProcess(root, overrides={
+    node = NodeProcess(root, database=new_database(), overrides={
         "admin": {"enabled": True, "port": port},
         "twin": {"sidecar_poll_s": 0.5, "evaluate_every_s": 1.0, "tube_rated_life": RATED_LIFE_HU},
         "routing": {"modalities": ["OT"]},
@@ -64,7 +64,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             return devices if sum(d["acquisitions"] for d in devices) == len(plan.shots) else None
 
         wait_for("the twin recorded every image", recorded, 180)
-        store = TwinStore(thread_local_connect(node.storage / "node.db"))
+        store = TwinStore(thread_local_connect(node.database or node.storage / "node.db"))
         assert sim.record_ai_outcomes(plan, store) == len(plan.shots)
 
         def read_logs() -> bool | None:

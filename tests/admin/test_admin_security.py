@@ -44,7 +44,7 @@ def test_the_token_is_never_logged(token_node: tuple[NodeProcess, str, str]) -> 
     node, url, token = token_node
     httpx.get(url + "/api/status", params={"token": token})
     httpx.get(url + "/api/status", params={"token": "guess"})
-    logs = "".join(p.read_text(errors="replace") for p in (node.storage / "logs").glob("node.jsonl*"))
+    logs = "".join(p.read_text(errors="replace") for p in node.log_dir.glob("node.jsonl*"))
     assert "admin console serving" in logs
     assert token not in logs and token not in node.log_text()
 

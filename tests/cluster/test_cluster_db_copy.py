@@ -8,7 +8,11 @@ import json
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from dicom_node.testing import NodeProcess, PostgresProcess, storescu
+
+pytestmark = pytest.mark.engines("sqlite")  # the embedded node grows up: from its SQLite file to PostgreSQL
 
 
 def _counts(db: Path) -> dict[str, int]:

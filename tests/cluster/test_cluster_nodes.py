@@ -16,10 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-from cluster_support import HaproxyFactory
+import pytest
+from cluster_support import BEHIND_HAPROXY, HaproxyFactory
 
 from dicom_node.store import Store
 from dicom_node.testing import NodeProcess, OrthancProcess, PostgresProcess, wait_for
+
+pytestmark = pytest.mark.engines("postgresql")  # the nodes share a database of their own on the test server
 
 
 def _store(url: str) -> Store:
@@ -63,7 +66,7 @@ def test_three_nodes_behind_haproxy_survive_a_sigkill_with_nothing_lost_and_each
     sidecar = tmp_path / "sidecar"
     sidecar.mkdir()
     nodes = [
-        node_factory(f"n{i}", storage={"dir": str(shared), "database": url},
+        node_factory(f"n{i}", storage={"dir": str(shared), "database": url}, node=BEHIND_HAPROXY,
                      logging={"dir": str(tmp_path / f"n{i}" / "logs")},
                      destinations=[orthanc.destination()],
                      worker={"lease_s": 6, "batch_size": 1},

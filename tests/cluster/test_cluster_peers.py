@@ -34,6 +34,8 @@ from dicom_node.testing import (
     wait_port,
 )
 
+pytestmark = pytest.mark.engines("postgresql")  # receivers behind HAProxy are a cluster's: on PostgreSQL
+
 RECEIVE_ONLY = {"worker": {"threads": 0}}
 #: a receive-only node as docs/cluster.md sets one up behind its HAProxy (node.proxy_protocol)
 RECEIVER = {"node": BEHIND_HAPROXY, **RECEIVE_ONLY}

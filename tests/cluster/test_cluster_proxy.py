@@ -44,6 +44,8 @@ from dicom_node.testing import (
     wait_for,
 )
 
+pytestmark = pytest.mark.engines("postgresql")  # behind HAProxy the nodes are a cluster's, on PostgreSQL
+
 VERIFICATION = "1.2.840.10008.1.1"
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"  # section 2.2
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # rejected-permanent, service-user, calling AE not recognised

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reliability"))
 
 from reliability_support import query, spool_files  # noqa: E402
 
+from dicom_node.store.dialect import json_text  # noqa: E402
 from dicom_node.testing import NodeProcess, OrthancProcess, wait_for  # noqa: E402
 
 __all__ = ["query", "spool_files"]
@@ -158,7 +159,8 @@ def assert_results_in_orthanc(node: NodeProcess, held: dict[str, bytes], sources
 
 def delivered_once(node: NodeProcess, destination: str) -> None:
     """The audit trail records one 'delivered' attempt per result for ``destination``, never two."""
-    rows = query(node, "SELECT json_extract(detail, '$.result_uid'), COUNT(*) FROM audit WHERE event='delivery'"
-                        " AND outcome='delivered' AND json_extract(detail, '$.destination')=? GROUP BY 1", destination)
+    rows = query(node, f"SELECT {json_text(node.engine, 'detail', 'result_uid')}, COUNT(*) FROM audit"
+                       f" WHERE event='delivery' AND outcome='delivered'"
+                       f" AND {json_text(node.engine, 'detail', 'destination')}=? GROUP BY 1", destination)
     assert rows and all(n == 1 for _uid, n in rows), rows
     assert len(rows) == len(outbox_files(node))

@@ -9,7 +9,7 @@ case one part: the same checks give the same statuses as Failure Reasons (PS3.18
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -27,8 +27,8 @@ NOT_DICOM = b"%PDF-1.4 not a DICOM file\n" * 40
 
 
 @pytest.fixture(scope="module")
-def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    node = NodeProcess(tmp_path_factory.mktemp("dicomweb-refusals") / "node", overrides={
+def web(tmp_path_factory: pytest.TempPathFactory, new_database: Callable[[], str | None]) -> Iterator[NodeProcess]:
+    node = NodeProcess(tmp_path_factory.mktemp("dicomweb-refusals") / "node", database=new_database(), overrides={
         "worker": {"threads": 0}, "storage": {"max_instance_mb": MAX_INSTANCE_MB},
         "dicomweb": {"enabled": True, "max_request_mb": MAX_REQUEST_MB}}).start()
     yield node

@@ -7,7 +7,7 @@ it by the usual keys. The node runs no model here: the results' side is test_dic
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
@@ -22,9 +22,10 @@ from dicom_node.testing import NodeProcess
 
 
 @pytest.fixture(scope="module")
-def sent(tmp_path_factory: pytest.TempPathFactory, rsna: list[Path]) -> Iterator[tuple[NodeProcess, list[Path]]]:
+def sent(tmp_path_factory: pytest.TempPathFactory, rsna: list[Path],
+         new_database: Callable[[], str | None]) -> Iterator[tuple[NodeProcess, list[Path]]]:
     """A node that holds the first six RSNA files, sent as raw parts in one request."""
-    node = NodeProcess(tmp_path_factory.mktemp("dicomweb-roundtrip") / "node",
+    node = NodeProcess(tmp_path_factory.mktemp("dicomweb-roundtrip") / "node", database=new_database(),
                        overrides={"worker": {"threads": 0}, "dicomweb": {"enabled": True}}).start()
     rsp = stow(node, [f.read_bytes() for f in rsna[:6]])
     assert rsp.status_code == 200, rsp.text

@@ -157,7 +157,7 @@ def threads_fds(node: NodeProcess) -> tuple[int, int]:
 def log_lines(node: NodeProcess, text: str | None = None) -> int:
     """JSON log lines of the node (all files, rotated ones too), those containing ``text`` if given."""
     n = 0
-    for path in (node.storage / "logs").glob("node.jsonl*"):
+    for path in node.log_dir.glob("node.jsonl*"):
         with open(path, encoding="utf-8", errors="replace") as fh:
             n += sum(1 for line in fh if text is None or text in line)
     return n

@@ -8,9 +8,7 @@ the running node, as ``dicom-node status`` does), the files under its spool.
 from __future__ import annotations
 
 import os
-import sqlite3
 from collections.abc import Iterable, Iterator
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -85,10 +83,8 @@ def sop_uid(path: Path) -> str:
 
 
 def query(node: NodeProcess, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    """Read the node's database (WAL: readers never block the node)."""
-    db = node.storage / "node.db"
-    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)) as conn:
-        return list(conn.execute(sql, args))
+    """Read the node's database (SQLite in WAL or PostgreSQL: readers never block the node)."""
+    return node.rows(sql, args)
 
 
 def job_states(node: NodeProcess, kind: str) -> dict[str, int]:

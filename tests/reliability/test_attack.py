@@ -302,6 +302,7 @@ def _statuses(res: subprocess.CompletedProcess[str]) -> list[str]:
             if "Received Store Response (" in line]
 
 
+@pytest.mark.engines("sqlite")  # the database on the full disk: on PostgreSQL it lives elsewhere
 def test_disk_full_at_commit_refuses_with_out_of_resources(node_factory: type[NodeProcess], dcmtk: None,
                                                            small_disk: Path, tmp_path: Path) -> None:
     node = node_factory("full", storage={"min_free_mb": 0}, worker={"threads": 0})
@@ -446,7 +447,7 @@ def test_absurd_requests_are_refused_and_the_log_survives(node_factory: type[Nod
     print(f"\nduring the flood: echo {echo_s} s, store {store_s} s")
 
     # Nothing rotated away; a few lines per association instead of one per bogus syntax.
-    logs = node.storage / "logs"
+    logs = node.log_dir
     assert not (logs / "node.jsonl.1").exists(), sorted(p.name for p in logs.iterdir())
     added = log_lines(node) - lines0
     associations = per_kind * len(kinds) + 2

@@ -251,9 +251,9 @@ SEEN: dict[str, dict[str, object]] = {}
 
 
 @pytest.fixture(scope="module")
-def bad_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+def bad_node(tmp_path_factory: pytest.TempPathFactory, new_database: Callable[[], str | None]) -> Iterator[NodeProcess]:
     require(all(tool(t) for t in ("storescu", "echoscu")), "DCMTK (storescu, echoscu)")
-    node = NodeProcess(tmp_path_factory.mktemp("bad-input") / "node").start()
+    node = NodeProcess(tmp_path_factory.mktemp("bad-input") / "node", database=new_database()).start()
     yield node
     node.stop()
 

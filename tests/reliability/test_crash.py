@@ -130,7 +130,13 @@ def test_sigkill_at_random_moments_loses_nothing_and_delivers_once(
     for f in files:
         stored = pydicom.dcmread(rows[uid_of[str(f)]])
         assert stored.PixelData == pydicom.dcmread(f).PixelData
-    assert sorted(str(p) for p in spool_files(node)) == sorted(rows.values())
+    left = {str(p) for p in spool_files(node)}
+    if node.engine == "sqlite":
+        assert left == set(rows.values())  # the sweep at each restart took every partial file
+    else:  # a shared spool's sweep spares files younger than an hour (another node's in flight): only
+        # the killed associations' temporaries stay, in spool/tmp, never a file in the studies' folders
+        assert set(rows.values()) <= left
+        assert {Path(p).parent for p in left - set(rows.values())} <= {node.storage / "spool" / "tmp"}
     # 2. Each analysed: one analysis job per instance, done; one analysis, three results each.
     assert job_states(node, "analyse") == {"done": n}
     assert query(node, "SELECT COUNT(*) FROM analyses WHERE outcome='analysed'")[0][0] == n

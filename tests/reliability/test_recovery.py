@@ -6,9 +6,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 from reliability_support import query, write_radiographs
 
 from dicom_node.testing import NodeProcess, storescu, wait_for
+
+# The embedded node owns its storage alone, so it takes back at start what its predecessor left running.
+# Nodes on PostgreSQL share the database: a dead one's jobs come back when its heartbeat lease runs out
+# (tests/cluster/test_cluster_nodes.py), and no node locks the shared storage.
+pytestmark = pytest.mark.engines("sqlite")
 
 
 def test_jobs_running_at_a_kill_are_taken_back_at_restart(node_factory: type[NodeProcess], dcmtk: None,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from dicom_node.store.dialect import json_text
 from dicom_node.testing import NodeProcess, free_port, wait_for
 
 
@@ -47,8 +47,7 @@ class Twin:
             return False
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        with sqlite3.connect(f"file:{self.node.storage / 'node.db'}?mode=ro", uri=True, timeout=30) as db:
-            return db.execute(sql, params).fetchall()
+        return self.node.rows(sql, params)
 
     def serials(self) -> set[str]:
         return {r[0] for r in self.query("SELECT serial FROM twin_devices")}
@@ -57,7 +56,7 @@ class Twin:
         return [(r[0], r[1], r[2]) for r in self.query("SELECT file, line_no, reason FROM twin_quarantine")]
 
     def log(self) -> str:
-        path = self.node.storage / "logs" / "node.jsonl"
+        path = self.node.log_dir / "node.jsonl"
         return path.read_text(errors="replace") if path.exists() else ""
 
     def pages_ok(self) -> list[dict[str, Any]]:
@@ -226,7 +225,8 @@ def test_a_file_renamed_while_read_is_read_once(node_factory: type[NodeProcess])
     assert at_rename < 60000, "the file was read before it could be renamed: make it longer"
 
     def distinct() -> int:
-        return int(twin.query("SELECT count(DISTINCT json_extract(values_json, '$.x')) FROM twin_events")[0][0])
+        x = json_text(twin.node.engine, "values_json", "x")
+        return int(twin.query(f"SELECT count(DISTINCT {x}) FROM twin_events")[0][0])
 
     wait_for("every line read", lambda: distinct() == 60010, 240, 1.0)
     time.sleep(2)  # a few more polls: nothing may be read again
