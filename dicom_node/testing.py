@@ -58,6 +58,19 @@ def require(ok: bool, what: str) -> None:
     pytest.skip(f"{what} is missing (make setup installs it)")
 
 
+def self_signed_cert(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost and 127.0.0.1 (two days, RSA 2048) and its key, made by
+    openssl in ``folder``: (cert.pem, key.pem), for the TLS tests."""
+    folder.mkdir(parents=True, exist_ok=True)
+    res = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-keyout",
+                          "key.pem", "-out", "cert.pem", "-subj", "/CN=localhost",
+                          "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                         cwd=folder, capture_output=True, text=True, timeout=60)
+    if res.returncode != 0:
+        raise RuntimeError(f"openssl req failed: {res.stderr.strip()[-300:]}")
+    return folder / "cert.pem", folder / "key.pem"
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -45,8 +45,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -172,16 +173,22 @@ def start_haproxy(root: Path, servers: list[tuple[str, int]]) -> HaproxyProcess:
     return ha
 
 
+@contextmanager
+def cluster_folder(name: str) -> Iterator[tuple[Path, Path, str]]:
+    """A temporary folder with a PostgreSQL server of its own in it: (the folder, an empty ``src``
+    folder for the files sent, the URL of a fresh database ``name``); all removed at the end."""
+    with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp, PostgresProcess(Path(tmp) / "pg") as pg:
+        root = Path(tmp)
+        (root / "src").mkdir()
+        yield root, root / "src", pg.create_database(name)
+
+
 def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
     rng = np.random.default_rng(7)
     datasets = [make_cr(args.size, args.size, rng) for _ in range(args.images)]
     receive = {"node": {"roles": ["receive"]}}
     behind = {"node": {"roles": ["receive"], **behind_haproxy()}}
-    with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp, PostgresProcess(Path(tmp) / "pg") as pg:
-        root = Path(tmp)
-        src = root / "src"
-        src.mkdir()
-        url = pg.create_database("ingest")
+    with cluster_folder("ingest") as (root, src, url):
         receivers = [NodeProcess(root / f"r{i}", overrides={
             **behind, "storage": {"dir": str(root / "shared"), "database": url},
             "logging": {"dir": str(root / f"r{i}" / "logs")}}) for i in range(args.receivers)]
@@ -284,11 +291,7 @@ def bench_failover(args: argparse.Namespace) -> dict[str, Any]:
     sample = rsna_files()[: args.images]
     datasets = [pydicom.dcmread(f) for f in sample]
     rounds: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp, PostgresProcess(Path(tmp) / "pg") as pg:
-        root = Path(tmp)
-        src = root / "src"
-        src.mkdir()
-        url = pg.create_database("failover")
+    with cluster_folder("failover") as (root, src, url):
         nodes = [NodeProcess(root / f"n{i}", overrides={
             "storage": {"dir": str(root / "shared"), "database": url},
             "logging": {"dir": str(root / f"n{i}" / "logs")},

@@ -39,6 +39,7 @@ from dicom_node.testing import (
     cluster_haproxy_config,
     free_port,
     require,
+    self_signed_cert,
     storescu,
     tool,
     wait_for,
@@ -355,13 +356,7 @@ def test_one_side_without_the_other_takes_the_receiver_out(
 @pytest.fixture(scope="module")
 def server_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     require(tool("openssl") is not None, "openssl")
-    d = tmp_path_factory.mktemp("pki")
-    done = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-keyout",
-                           "server.key", "-out", "server.pem", "-subj", "/CN=localhost",
-                           "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-                          cwd=d, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    return d / "server.pem", d / "server.key"
+    return self_signed_cert(tmp_path_factory.mktemp("pki"))
 
 
 class Relay:

@@ -53,7 +53,7 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from reliability_support import SEED, query, spool_files, write_radiographs
 
-from dicom_node.testing import NodeProcess, require, storescu, wait_for
+from dicom_node.testing import NodeProcess, require, self_signed_cert, storescu, wait_for
 
 ACSE_S = 4.0  # node.acse_timeout_s in these tests: a connection must have sent its request by then
 
@@ -205,20 +205,10 @@ def test_a_pdu_longer_than_max_pdu_size_is_not_read(node_factory: type[NodeProce
     assert echoscu(node.port).returncode == 0
 
 
-def _self_signed(folder: Path) -> tuple[Path, Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    res = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-keyout",
-                          "key.pem", "-out", "cert.pem", "-subj", "/CN=localhost",
-                          "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-                         cwd=folder, capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0, res.stderr
-    return folder / "cert.pem", folder / "key.pem"
-
-
 def test_silent_tls_clients_do_not_stop_the_listener(node_factory: type[NodeProcess], dcmtk: None,
                                                      tmp_path: Path) -> None:
     require(shutil.which("openssl") is not None, "openssl")
-    cert, key = _self_signed(tmp_path / "pki")
+    cert, key = self_signed_cert(tmp_path / "pki")
     node = node_factory(node={"acse_timeout_s": ACSE_S, "tls": {"certificate": str(cert), "key": str(key)}},
                         worker={"threads": 0}).start()
     # TCP connections that never send a ClientHello. pynetdicom ran the TLS handshake on the
