@@ -122,6 +122,9 @@ class StorageConfig(_Section):
     # None or "sqlite": node.db under dir (the embedded default); postgresql://user:pass@host:port/db:
     # several nodes on one PostgreSQL, dir then on a shared file system (docs/cluster.md)
     database: SecretStr | None = None
+    # On a shared spool (database set): how often the node leading the schedules sweeps away what
+    # killed nodes left (temporaries and files with no row, untouched for an hour; docs/cluster.md)
+    shared_sweep_every_s: float = Field(900.0, gt=0)
 
     @field_validator("database")
     @classmethod

@@ -100,6 +100,11 @@ class Node:
             self.scheduler.add_job(echo_destinations, "interval", args=(cfg, self.store), id="peer-echo",
                                    seconds=PEER_ECHO_EVERY_S, max_instances=1, coalesce=True,
                                    next_run_time=_now())
+        if self.shared and "schedule" in roles:
+            # A killed node's temporaries and uncommitted files stay on a shared spool (a start-up
+            # sweep spares what may be another node's in flight): the leading node sweeps them.
+            self.scheduler.add_job(self.sweep_shared_spool, "interval", id="spool-sweep", max_instances=1,
+                                   coalesce=True, seconds=cfg.storage.shared_sweep_every_s)
         # Other nodes' queued jobs wake this node's idle workers at once (PostgreSQL LISTEN/NOTIFY).
         pools = {"analyse": self.analysis, "deliver": self.delivery}
         self.listener = JobListener(cfg.database, lambda kind: pools[kind].wake() if kind in pools else None) \
@@ -164,6 +169,15 @@ class Node:
         log.info("node serving", extra={"ae_title": self.cfg.node.ae_title, "host": host, "port": port,
                                         "roles": self.cfg.node.roles, "storage": str(self.cfg.storage.dir),
                                         "version": __version__})
+
+    def sweep_shared_spool(self) -> dict[str, int]:
+        """Remove what killed nodes left on the shared spool and outbox, untouched for
+        :data:`~dicom_node.spool.SHARED_IDLE_S`: temporaries, and instance files with no row."""
+        swept = {"temporaries": self.spool.sweep() + self.outbox.sweep(),
+                 "orphans": self.spool.sweep_orphans(self.store.has_instance)}
+        if any(swept.values()):
+            log.info("swept files left on the shared spool by stopped or killed nodes", extra=swept)
+        return swept
 
     def _beat_once(self) -> None:
         self.store.beat(self.node_id, host=socket.gethostname(), pid=os.getpid(), ae_title=self.cfg.node.ae_title,

@@ -255,19 +255,12 @@ class Receiver:
         return str(host), int(port)
 
     def sweep_orphans(self) -> int:
-        """Remove spool files that have no instance row; returns how many.
+        """Remove spool files that have no instance row (:meth:`Spool.sweep_orphans`); returns how many.
 
-        Such a file was linked into place by a C-STORE whose commit never happened (a crash between
-        link and commit, or a commit that failed before that failure removed its file); its sender
-        got no Success and still has it. Run before listening, so no C-STORE of this node is between
-        the two; on a spool shared with other nodes only the files :meth:`Spool.abandoned` allows.
+        Run before listening, so no C-STORE of this node is between a link and its commit; on a spool
+        shared with other nodes only the files :meth:`Spool.abandoned` allows.
         """
-        spool = self.ingest.spool
-        removed = 0
-        for path in list(spool.files()):
-            if spool.abandoned(path) and not self.store.has_instance(path.stem):
-                path.unlink(missing_ok=True)
-                removed += 1
+        removed = self.ingest.spool.sweep_orphans(self.store.has_instance)
         if removed:
             log.warning("removed spool files with no instance row (a commit that never happened)",
                         extra={"files": removed})

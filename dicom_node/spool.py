@@ -15,7 +15,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -123,6 +123,21 @@ class Spool:
                 p.unlink(missing_ok=True)
                 n += 1
         return n
+
+    def sweep_orphans(self, has_instance: Callable[[str], bool]) -> int:
+        """Remove instance files whose SOP Instance UID ``has_instance`` does not know (only those
+        :meth:`abandoned` allows); returns how many.
+
+        Such a file was linked into place by a C-STORE whose commit never happened (a crash between
+        link and commit, or a commit that failed before that failure removed its file); its sender
+        got no Success and still has it.
+        """
+        removed = 0
+        for path in list(self.files()):
+            if self.abandoned(path) and not has_instance(path.stem):
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
 
     def files(self) -> Iterable[Path]:
         for study in self.root.iterdir():

@@ -1,7 +1,7 @@
 """What several nodes on one PostgreSQL and one spool need of the store (issue 13): a job queued on one
 node wakes the others at once; one node at a time runs the cluster-wide schedules and another takes
 over when it dies; start-up sweeps spare the files
-other nodes have in flight; ``storage.database`` refuses what is not a usable URL, never echoing it."""
+other nodes have in flight, and the leading node sweeps what killed nodes left; ``storage.database`` refuses what is not a usable URL, never echoing it."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from dicom_node.store import Store
 from dicom_node.store.jobs import enqueue_in
 from dicom_node.store.leader import Leadership
 from dicom_node.store.listen import JobListener
-from dicom_node.testing import PostgresProcess, wait_for
+from dicom_node.testing import NodeProcess, PostgresProcess, storescu, wait_for
 
 HOLD = """
 import sys, time
@@ -69,6 +69,28 @@ def test_start_up_sweep_spares_files_written_lately_on_a_shared_spool(tmp_path: 
     assert not old.exists() and fresh.exists()
     alone = Spool(tmp_path / "spool")
     assert alone.sweep() == 1 and not fresh.exists()  # alone on its spool: every partial file goes
+
+
+@pytest.mark.engines("postgresql")
+def test_the_leading_node_sweeps_what_killed_nodes_left_on_the_shared_spool(
+        node_factory: type[NodeProcess], dcmtk: None, rsna: list[Path]) -> None:
+    """A start-up sweep on a shared spool spares files younger than an hour, and a killed node may never
+    start again: the node leading the schedules sweeps every ``storage.shared_sweep_every_s``."""
+    node = node_factory(storage={"shared_sweep_every_s": 1}, worker={"threads": 0}).start()
+    assert storescu(node.port, rsna[:1]).returncode == 0
+    [(stored,)] = node.rows("SELECT path FROM instances")
+    spool = node.storage / "spool"
+    left_part, fresh_part = spool / "tmp" / "left.part", spool / "tmp" / "fresh.part"
+    orphan = Path(stored).parent / "1.2.826.0.1.3680043.8.498.999.dcm"  # linked, its commit never made
+    for path in (left_part, fresh_part, orphan):
+        path.write_bytes(b"left by a node killed mid-C-STORE")
+    hour_ago = time.time() - 3700
+    for path in (left_part, orphan, Path(stored)):  # the stored one is as old, and has its row
+        os.utime(path, (hour_ago, hour_ago))
+    wait_for("the sweep", lambda: not left_part.exists() and not orphan.exists(), 20, 0.2)
+    assert fresh_part.exists() and Path(stored).exists()  # another node's in flight; an instance with its row
+    assert "swept files left on the shared spool by stopped or killed nodes" in node.log_text()
+    assert node.status()["instances"] == 1
 
 
 @pytest.mark.parametrize("url, words", [
