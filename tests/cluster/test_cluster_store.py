@@ -1,7 +1,7 @@
 """What several nodes on one PostgreSQL and one spool need of the store (issue 13): a job queued on one
 node wakes the others at once; one node at a time runs the cluster-wide schedules and another takes
-over when it dies; start-up sweeps spare the files
-other nodes have in flight, and the leading node sweeps what killed nodes left; ``storage.database`` refuses what is not a usable URL, never echoing it."""
+over when it dies; start-up sweeps spare the files other nodes have in flight, and the leading node
+sweeps what killed nodes left; ``storage.database`` refuses what is not a usable URL, never echoing it."""
 
 from __future__ import annotations
 
