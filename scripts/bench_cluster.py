@@ -57,7 +57,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "cluster"))  # cluster_support: the backend's name, a server's check
 import numpy as np  # noqa: E402
 import pydicom  # noqa: E402
-from cluster_support import BACKEND, check_status  # noqa: E402
+from cluster_support import BACKEND, BEHIND_HAPROXY, check_status, start_haproxy  # noqa: E402
 
 from dicom_node.store import Store  # noqa: E402
 from dicom_node.store.jobs import enqueue_in  # noqa: E402
@@ -66,8 +66,6 @@ from dicom_node.testing import (  # noqa: E402
     HaproxyProcess,
     NodeProcess,
     PostgresProcess,
-    cluster_haproxy_config,
-    free_port,
     load_script,
     missing_dcmtk,
     missing_haproxy,
@@ -146,29 +144,12 @@ def send_at_once(port: int, files: list[Path], senders: int) -> float:
     return seconds
 
 
-def _checked(ha: HaproxyProcess, server: str) -> str | None:
-    """The server's last health check (L7OK...), None while none has run yet."""
-    state = check_status(ha, server)
-    return None if state in ("", "INI") else state
-
-
-def behind_haproxy() -> dict[str, Any]:
-    """The node settings a receiver behind docs/cluster.md's HAProxy needs: with ``send-proxy-v2`` in its
-    configuration every connection starts with a PROXY header, which a node reads only from the
-    addresses in ``node.proxy_protocol`` (HAProxy runs on 127.0.0.1 here)."""
-    cfg = cluster_haproxy_config("127.0.0.1:1", [], Path("admin.sock"))
-    return {"proxy_protocol": ["127.0.0.1/32"]} if "send-proxy" in cfg else {}
-
-
-def start_haproxy(root: Path, servers: list[tuple[str, int]]) -> HaproxyProcess:
-    """HAProxy on docs/cluster.md's configuration in front of ``servers`` (name, port), as the cluster
-    tests start it; returns once every receiver passed its DICOM health check."""
-    port = free_port()
-    cfg = cluster_haproxy_config(f"127.0.0.1:{port}", servers, root / "admin.sock")
-    ha = HaproxyProcess(cfg, root, port=port).start()
+def start_checked_haproxy(root: Path, servers: list[tuple[str, int]]) -> HaproxyProcess:
+    """HAProxy in front of ``servers`` as the cluster tests start it; an error unless every receiver
+    passed its DICOM health check."""
+    ha = start_haproxy(root, servers, root / "admin.sock")
     for name, _ in servers:
-        state = wait_for(f"{name} checked by HAProxy", partial(_checked, ha, name), timeout_s=60, every_s=0.2)
-        if state != "L7OK":
+        if (state := check_status(ha, name)) != "L7OK":
             raise RuntimeError(f"HAProxy's DICOM check of {name} failed: {state} (log {ha.log_path})")
     return ha
 
@@ -187,7 +168,7 @@ def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
     rng = np.random.default_rng(7)
     datasets = [make_cr(args.size, args.size, rng) for _ in range(args.images)]
     receive = {"node": {"roles": ["receive"]}}
-    behind = {"node": {"roles": ["receive"], **behind_haproxy()}}
+    behind = {"node": {"roles": ["receive"], **BEHIND_HAPROXY}}
     with cluster_folder("ingest") as (root, src, url):
         receivers = [NodeProcess(root / f"r{i}", overrides={
             **behind, "storage": {"dir": str(root / "shared"), "database": url},
@@ -197,7 +178,7 @@ def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
         try:
             for n in [*receivers, embedded]:
                 n.start()
-            ha = start_haproxy(root / "haproxy", [(f"r{i}", n.port) for i, n in enumerate(receivers)])
+            ha = start_checked_haproxy(root / "haproxy", [(f"r{i}", n.port) for i, n in enumerate(receivers)])
             progress(f"{args.receivers} receivers on PostgreSQL behind HAProxy :{ha.port}, embedded node "
                      f":{embedded.port}; {args.images} images x {args.rounds} rounds, {args.senders} senders")
             targets = {"cluster": ha.port, "embedded": embedded.port}

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
 
-from dicom_node.testing import REPO, HaproxyProcess
+from dicom_node.testing import REPO, HaproxyProcess, cluster_haproxy_config, free_port, wait_for
 
 BACKEND = "dicom_receivers"  # the backend of docs/cluster.md's haproxy.cfg
 #: The node settings docs/cluster.md gives a receiver behind its HAProxy (send-proxy-v2): HAProxy runs
@@ -23,6 +24,18 @@ def check_status(ha: HaproxyProcess, server: str) -> str:
         if row["pxname"] == BACKEND and row["svname"] == server:
             return row["check_status"].lstrip("* ")
     raise KeyError(server)
+
+
+def start_haproxy(root: Path, servers: list[tuple[str, int]], admin_socket: Path) -> HaproxyProcess:
+    """HAProxy on docs/cluster.md's configuration in front of ``servers`` (name, port) on 127.0.0.1, on
+    a free frontend port; returns once each server's first health check has run (whatever its outcome:
+    :func:`check_status`). ``admin_socket``: a Unix socket path, under 108 bytes."""
+    port = free_port()
+    ha = HaproxyProcess(cluster_haproxy_config(f"127.0.0.1:{port}", servers, admin_socket), root, port=port).start()
+    for name, _ in servers:
+        wait_for(f"{name} checked by HAProxy", lambda n=name: check_status(ha, n) not in ("", "INI"),
+                 timeout_s=60, every_s=0.2)
+    return ha
 
 
 def health_check_rq(calling_ae: str = "HAPROXY_CHECK") -> bytes:

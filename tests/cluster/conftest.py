@@ -11,16 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cluster_support import HaproxyFactory, check_status
+from cluster_support import HaproxyFactory, start_haproxy
 
-from dicom_node.testing import (
-    HaproxyProcess,
-    cluster_haproxy_config,
-    free_port,
-    missing_haproxy,
-    require,
-    wait_for,
-)
+from dicom_node.testing import HaproxyProcess, missing_haproxy, require
 
 
 @pytest.fixture
@@ -36,14 +29,8 @@ def haproxy_factory(tmp_path: Path) -> Iterator[HaproxyFactory]:
     def make(servers: list[tuple[str, int]]) -> HaproxyProcess:
         # A Unix socket path must stay under 108 bytes: pytest's tmp_path can be longer.
         sockets.append(tempfile.TemporaryDirectory(prefix="haproxy-"))
-        port = free_port()
-        cfg = cluster_haproxy_config(f"127.0.0.1:{port}", servers, Path(sockets[-1].name) / "admin.sock")
-        ha = HaproxyProcess(cfg, tmp_path / f"haproxy{len(made)}", port=port)
+        ha = start_haproxy(tmp_path / f"haproxy{len(made)}", servers, Path(sockets[-1].name) / "admin.sock")
         made.append(ha)
-        ha.start()
-        for name, _ in servers:
-            wait_for(f"{name} checked by HAProxy", lambda n=name: check_status(ha, n) not in ("", "INI"),
-                     timeout_s=60, every_s=0.2)
         return ha
 
     yield make
