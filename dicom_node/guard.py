@@ -226,13 +226,10 @@ class GuardedSocket(AssociationSocket):
         self._network_timeout = network_timeout
         self._awaiting_rq = True
         self._next: int | None = None  # type of the PDU whose body the DUL reads next
-        self._refused = False  # an oversized PDU was refused: every later read is a closed connection
 
     def recv(self, nr_bytes: int) -> bytearray:
         # pynetdicom reads a PDU as recv(6) for its header, then recv(length) for the rest, the
         # rest only when the type is one of PS3.8's seven.
-        if self._refused:  # the DUL may read once more before it closes: not a second PDU, not counted again
-            return bytearray()
         read = self._recv_by_deadline if self._awaiting_rq else super().recv
         if self._next is None:
             data = read(nr_bytes)
@@ -277,7 +274,6 @@ class GuardedSocket(AssociationSocket):
         return out
 
     def _refuse_oversized(self, pdu_type: int, length: int) -> None:
-        self._refused = True
         self.gate.report(str(self.assoc.requestor.address), RQ_TOO_LARGE if self._awaiting_rq else PDU_TOO_LARGE)
         if pdu_type != _A_ASSOCIATE_RQ or not self._awaiting_rq:
             return

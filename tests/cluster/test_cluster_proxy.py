@@ -312,10 +312,13 @@ def test_a_proxy_header_from_an_unlisted_address_is_refused_as_before(dcmtk: Non
         assert echo_works(node.port, "127.0.0.2")  # straight from an unlisted address: no header wanted
     for node in (behind, before):
         assert node.stop() == 0
-    # Counted as the same refusal on both, once per connection (the DUL reads once more off a refused
-    # connection before it closes; that read is not a second PDU).
+    # Counted as the same refusal on both (the DUL may read a second bogus PDU header off such a
+    # connection before it closes, and count it again: so at least one per connection). That second
+    # read is what makes pynetdicom abort: answering it as a closed connection instead left a refused
+    # P-DATA-TF of 512 MiB read whole (tests/reliability/test_attack.py), so the count stays loose.
     refused_behind, refused_before = turned_away(behind), turned_away(before)
-    assert refused_behind == refused_before == Counter({("associate_rq_too_large", "127.0.0.5"): len(forged)})
+    assert set(refused_behind) == set(refused_before) == {("associate_rq_too_large", "127.0.0.5")}
+    assert min(refused_behind.values()) >= len(forged) and min(refused_before.values()) >= len(forged)
     assert associations(behind) == associations(before) == [("MODALITY1", "127.0.0.2", "released")]
 
 
